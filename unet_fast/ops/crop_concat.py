@@ -1,0 +1,53 @@
+"""center_crop_concat: the U-Net decoder's crop-and-concat in one pass (C++/CUDA kernels)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from unet_fast import _ext
+from unet_fast.ops._validation import FLOAT_DTYPES, check_crop, check_same, check_tensor, is_channels_last
+
+
+def center_crop_concat(skip: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``torch.cat([center_crop(skip, x.shape[-2:]), x], dim=1)`` in one pass.
+
+    Args:
+        skip: (N, C0, Hs, Ws), cropped at its center to (H, W); Hs - H and Ws - W even and >= 0.
+        x: (N, C1, H, W), same dtype (any float) and device.
+    Returns:
+        (N, C0 + C1, H, W), channels_last when x is channels_last, else contiguous. Differentiable.
+    """
+    check_tensor("skip", skip, dim=4, dtypes=FLOAT_DTYPES)
+    check_tensor("x", x, dim=4, dtypes=FLOAT_DTYPES)
+    check_same("skip", skip, "x", x)
+    if skip.shape[0] != x.shape[0]:
+        raise ValueError(f"skip and x must have the same batch size, got {skip.shape[0]} and {x.shape[0]}")
+    check_crop(skip.shape, x.shape)
+    _ext.require_extension()
+    return torch.ops.unet_fast.center_crop_concat(skip, x)
+
+
+def _fake(skip: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    n, c1, h, w = x.shape
+    layout = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+    return x.new_empty((n, skip.shape[1] + c1, h, w)).to(memory_format=layout)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    skip, x = inputs
+    ctx.skip_shape = skip.shape
+    ctx.x_shape = x.shape
+
+
+def _backward(ctx, grad: torch.Tensor):
+    skip_channels = ctx.skip_shape[1]
+    top, left = check_crop(ctx.skip_shape, ctx.x_shape)
+    bottom = ctx.skip_shape[2] - ctx.x_shape[2] - top
+    right = ctx.skip_shape[3] - ctx.x_shape[3] - left
+    grad_skip = F.pad(grad[:, :skip_channels], (left, right, top, bottom))
+    return grad_skip, grad[:, skip_channels:]
+
+
+if _ext._C is not None:
+    torch.library.register_fake("unet_fast::center_crop_concat")(_fake)
+    torch.library.register_autograd("unet_fast::center_crop_concat", _backward, setup_context=_setup_context)

@@ -1,0 +1,68 @@
+"""The registry of Triton kernel configurations that ``unet_fast.tools.aot_check`` compiles.
+
+Every kernel module registers each configuration its autotuner may pick, with the tensor-core
+precision of its ``tl.dot`` (if any), so that CI compiles all of them for sm_80 and sm_90 without
+a GPU and checks the PTX for the expected ``mma`` / ``wgmma`` instructions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """One compile-time instance of a ``@triton.jit`` kernel.
+
+    Attributes:
+        kernel: the name shown in the table, e.g. "conv3x3_fwd".
+        fn: the ``@triton.jit`` function.
+        signature: every argument in order, name -> Triton type ("*fp16", "*fp32", "i32", "fp32")
+            or "constexpr".
+        constexprs: the values of the "constexpr" arguments.
+        precision: operand precision of the kernel's ``tl.dot``: "fp32" (IEEE, no tensor cores),
+            "tf32", "fp16" or "bf16".
+        uses_dot: whether the kernel has a ``tl.dot``; without one no tensor core is expected.
+        block_m: rows of the dot's M tile; on sm_90 a dot with block_m >= 64 and a warp count that is
+            a multiple of 4 must compile to ``wgmma``.
+        num_warps, num_stages: launch options, as in ``triton.Config``.
+    """
+
+    kernel: str
+    fn: object
+    signature: dict
+    constexprs: dict
+    precision: str
+    uses_dot: bool = True
+    block_m: int | None = None
+    num_warps: int = 4
+    num_stages: int = 3
+    label: str = field(default="", compare=False)
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        missing = [name for name, kind in self.signature.items() if kind == "constexpr" and name not in self.constexprs]
+        if missing:
+            raise ValueError(f"{self.kernel}: constexpr arguments without a value: {missing}")
+
+    def describe(self) -> str:
+        if self.label:
+            return self.label
+        blocks = " ".join(f"{k}={v}" for k, v in self.constexprs.items() if k.startswith("BLOCK"))
+        return f"{blocks} w={self.num_warps} s={self.num_stages}".strip()
+
+
+_REGISTRY: list[KernelConfig] = []
+
+
+def register(*configs: KernelConfig) -> None:
+    """Adds configurations to the ahead-of-time check (duplicates are ignored)."""
+    for config in configs:
+        if config not in _REGISTRY:
+            _REGISTRY.append(config)
+
+
+def registered() -> list[KernelConfig]:
+    return list(_REGISTRY)
