@@ -1,7 +1,11 @@
 // Every op schema of the unet_fast library, and the Python module's build information.
 // Kernels register themselves per backend in ops/cpu/*_kernel.cpp and ops/cuda/*_kernel.cu.
-#include <torch/extension.h>
+// The same sources build the Python extension (setup.py, which defines TORCH_EXTENSION_NAME) and a
+// plain shared library for C++ consumers (CMakeLists.txt), which has no Python module.
 #include <torch/library.h>
+#ifdef TORCH_EXTENSION_NAME
+#include <torch/extension.h>
+#endif
 
 TORCH_LIBRARY(unet_fast, m) {
   // cat([center_crop(skip, x.shape[-2:]), x], dim=1) in one pass. skip (N, C0, Hs, Ws),
@@ -10,6 +14,7 @@ TORCH_LIBRARY(unet_fast, m) {
   m.def("center_crop_concat(Tensor skip, Tensor x) -> Tensor");
 }
 
+#ifdef TORCH_EXTENSION_NAME
 namespace {
 
 pybind11::dict build_info() {
@@ -33,3 +38,4 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "unet_fast C++/CUDA kernels; ops live under torch.ops.unet_fast";
   m.def("build_info", &build_info, "How this extension was built: torch and CUDA versions, CUDA archs.");
 }
+#endif  // TORCH_EXTENSION_NAME
