@@ -1,0 +1,154 @@
+"""upconv2x2 and conv1x1 (per-pixel GEMM ops) against F.conv_transpose2d / F.conv2d.
+
+Triton runs on CUDA, or on CPU in the interpreter (tests/conftest.py sets TRITON_INTERPRET=1).
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.conftest import HAS_CUDA, TRITON_DEVICE
+from unet_fast.ops import conv1x1, upconv2x2
+
+
+def _reference(op_name, x, weight, bias):
+    if op_name == "upconv2x2":
+        return F.conv_transpose2d(x, weight, bias, stride=2)
+    return F.conv2d(x, weight, bias)
+
+
+def _inputs(op_name, batch, c_in, c_out, height, width, dtype, device, bias=True, channels_last=False):
+    x = torch.randn(batch, c_in, height, width, dtype=dtype, device=device)
+    shape = (c_in, c_out, 2, 2) if op_name == "upconv2x2" else (c_out, c_in, 1, 1)
+    weight = torch.randn(shape, dtype=dtype, device=device) / c_in**0.5
+    b = torch.randn(c_out, dtype=dtype, device=device) if bias else None
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    return x, weight, b
+
+
+OPS = {"upconv2x2": upconv2x2, "conv1x1": conv1x1}
+SHAPES = [  # (batch, C_in, C_out, H, W): channel counts off multiples of 16, odd sizes, tile edges
+    (1, 3, 5, 4, 7),
+    (2, 20, 10, 9, 6),
+    (3, 7, 33, 5, 5),
+]
+
+
+def _forward_and_grads(fn, x, weight, bias, grad_seed=0):
+    leaves = [t.detach().clone().requires_grad_() for t in (x, weight) + ((bias,) if bias is not None else ())]
+    out = fn(*leaves[:2], leaves[2] if bias is not None else None)
+    generator = torch.Generator().manual_seed(grad_seed)
+    grad = torch.randn(out.shape, generator=generator, dtype=torch.float64).to(out)
+    grads = torch.autograd.grad(out, leaves, grad)
+    return (out.detach(), *grads)
+
+
+@pytest.mark.parametrize("op_name", list(OPS))
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("has_bias", [True, False])
+def test_triton_fp32_matches_pytorch(op_name, shape, channels_last, has_bias):
+    torch.manual_seed(0)
+    x, weight, bias = _inputs(op_name, *shape, torch.float32, TRITON_DEVICE, has_bias, channels_last)
+    ours = _forward_and_grads(lambda *a: OPS[op_name](*a, backend="triton"), x, weight, bias)
+    expected = _forward_and_grads(lambda *a: _reference(op_name, *a), x, weight, bias)
+    assert ours[0].is_contiguous(memory_format=torch.channels_last)
+    for got, want in zip(ours, expected):
+        # fp32 accumulation in a different order than PyTorch's; sums of at most a few hundred terms.
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("op_name", list(OPS))
+@pytest.mark.parametrize("shape", SHAPES[1:])
+def test_triton_fp16_error_within_twice_pytorchs_own(op_name, shape):
+    torch.manual_seed(1)
+    x, weight, bias = _inputs(op_name, *shape, torch.float16, TRITON_DEVICE)
+    exact = _forward_and_grads(lambda *a: _reference(op_name, *a), *(t.double() for t in (x, weight, bias)))
+    ours = _forward_and_grads(lambda *a: OPS[op_name](*a, backend="triton"), x, weight, bias)
+    # PyTorch's own half-precision result (on CPU computed with fp32 accumulation, then rounded).
+    pytorchs = _forward_and_grads(lambda *a: _reference(op_name, *a), x, weight, bias)
+    for got, torch_half, want in zip(ours, pytorchs, exact):
+        assert got.dtype == torch.float16
+        scale = want.abs().max().item()
+        own_error = (torch_half.double() - want).abs().max().item()
+        # Twice PyTorch's own error, floored at half an fp16 ulp of the largest value (both may round exactly).
+        assert (got.double() - want).abs().max().item() <= 2 * own_error + scale * 2**-11
+
+
+@pytest.mark.parametrize("op_name", list(OPS))
+def test_torch_backend_gradcheck_float64(op_name):
+    torch.manual_seed(2)
+    x, weight, bias = (t.requires_grad_() for t in _inputs(op_name, 2, 3, 4, 3, 5, torch.float64, "cpu"))
+    assert torch.autograd.gradcheck(lambda *a: OPS[op_name](*a, backend="torch"), (x, weight, bias))
+    out = OPS[op_name](x, weight, bias, backend="torch")
+    torch.testing.assert_close(out, _reference(op_name, x, weight, bias), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("op_name", list(OPS))
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_opcheck(op_name, backend):
+    torch.manual_seed(3)
+    device = "cpu" if backend == "torch" else TRITON_DEVICE
+    for channels_last, has_bias in ((False, True), (True, False)):
+        x, weight, bias = _inputs(op_name, 2, 5, 3, 4, 6, torch.float32, device, has_bias, channels_last)
+        args = (x.requires_grad_(), weight.requires_grad_(), None if bias is None else bias.requires_grad_(), backend)
+        torch.library.opcheck(getattr(torch.ops.unet_fast, op_name).default, args)
+
+
+def test_compiles_without_graph_breaks():
+    torch.manual_seed(4)
+    x = torch.randn(1, 4, 5, 5, requires_grad=True)
+    up_weight, up_bias = torch.randn(4, 3, 2, 2, requires_grad=True), torch.randn(3, requires_grad=True)
+    head_weight = torch.randn(2, 3, 1, 1, requires_grad=True)
+
+    def net(x):
+        return conv1x1(torch.relu(upconv2x2(x, up_weight, up_bias, backend="torch")), head_weight, backend="torch")
+
+    # aot_eager traces forward and backward through the fake kernels; inductor would only add CPU codegen time.
+    compiled = torch.compile(net, fullgraph=True, backend="aot_eager")
+    out = compiled(x)
+    torch.testing.assert_close(out, net(x))
+    out.sum().backward()
+    assert x.grad is not None and up_weight.grad is not None
+
+
+@pytest.mark.parametrize("op_name", list(OPS))
+def test_bad_inputs_raise_clear_errors(op_name):
+    op = OPS[op_name]
+    x, weight, bias = _inputs(op_name, 1, 4, 3, 5, 5, torch.float32, "cpu")
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        op(x.numpy(), weight, bias)
+    with pytest.raises(ValueError, match="x must be 4-d"):
+        op(x[0], weight, bias)
+    with pytest.raises(TypeError, match="x must have dtype"):
+        op(x.int(), weight, bias)
+    with pytest.raises(TypeError, match="weight has dtype"):
+        op(x, weight.double(), bias)
+    with pytest.raises(ValueError, match="weight must have shape"):
+        op(x[:, :3], weight, bias)
+    with pytest.raises(ValueError, match="bias must have shape"):
+        op(x, weight, bias[:2])
+    with pytest.raises(ValueError, match="bias must be 1-d"):
+        op(x, weight, bias[None])
+    with pytest.raises(ValueError, match="backend must be one of"):
+        op(x, weight, bias, backend="cuda")
+    with pytest.raises(TypeError, match="float16, bfloat16 and float32"):
+        op(x.double(), weight.double(), bias.double(), backend="triton")
+    if not HAS_CUDA:
+        assert op(x, weight, bias, backend="auto").is_contiguous()  # "auto" on CPU is the torch composite
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("op_name", list(OPS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_cuda_matches_cpu_reference(op_name, dtype):
+    torch.manual_seed(5)
+    x, weight, bias = _inputs(op_name, 4, 64, 32, 28, 28, dtype, "cuda", channels_last=True)
+    exact = _forward_and_grads(lambda *a: _reference(op_name, *a), *(t.double().cpu() for t in (x, weight, bias)))
+    ours = _forward_and_grads(lambda *a: OPS[op_name](*a, backend="triton"), x, weight, bias)
+    pytorchs = _forward_and_grads(lambda *a: _reference(op_name, *a), x, weight, bias)
+    for got, torch_result, want in zip(ours, pytorchs, exact):
+        scale = want.abs().max().item()
+        own_error = (torch_result.double().cpu() - want).abs().max().item()
+        # Within twice PyTorch's own error in this dtype (TF32 or not, as PyTorch chose), plus an ulp floor.
+        assert (got.double().cpu() - want).abs().max().item() <= 2 * own_error + scale * 2**-10

@@ -1,0 +1,220 @@
+"""Per-pixel GEMMs over 4-d feature maps: the kernels behind the 2x2 up-convolution and the 1x1 conv.
+
+Both ops are matrix products whose rows are the pixels (n, h, w) of a grid of size H x W. A 4-d
+tensor t (N, C, S*H, S*W) with scale S in {1, 2} is read (or written) as the [N*H*W, S*S*C] matrix
+
+    view[m, q] = t[n, c, S*h + i, S*w + j]     with m = (n, h, w) and q = (i*S + j)*C + c,
+
+so the 2x2 stride-2 transposed conv is ``view_2(y) = view_1(x) @ W_packed + bias`` with W_packed of
+shape [C_in, 4*C_out], and the 1x1 conv is ``view_1(y) = view_1(x) @ W^T + bias``. The address of
+``view[m, q]`` splits into a row part and a column part, so any strides (NCHW or channels_last)
+work without copies: the up-convolution's scatter into the 2x larger output is just its column
+part. Accumulation is in fp32.
+
+- ``pixel_gemm_kernel``: out_view[M, Q] = a_view[M, K] @ B[K, Q] (+ bias[q % C_out]); B is a strided
+  2-d matrix (the packed weight or its transpose). Forward and input-gradient of both ops.
+- ``pixel_gemm_wgrad_kernel``: partial[s, R, Q] = a_view[M_s, R]^T @ g_view[M_s, Q] over the s-th
+  chunk of rows; the launcher sums the chunks (deterministic, no atomics). Weight gradients.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import triton
+import triton.language as tl
+
+from unet_fast.triton.aot import KernelConfig, register
+
+
+@triton.jit
+def _row_offsets(m, H, W, stride_n, stride_h, stride_w, SCALE: tl.constexpr):
+    # Address part of view[m, :] that depends only on the pixel m = (n, h, w).
+    hw = H * W
+    n = m // hw
+    rem = m % hw
+    h = rem // W
+    w = rem % W
+    return n.to(tl.int64) * stride_n + (SCALE * h).to(tl.int64) * stride_h + (SCALE * w).to(tl.int64) * stride_w
+
+
+@triton.jit
+def _col_offsets(q, C, stride_c, stride_h, stride_w, SCALE: tl.constexpr):
+    # Address part of view[:, q] for q = (i*SCALE + j)*C + c: channel c at sub-pixel (i, j).
+    sub = q // C
+    c = q % C
+    i = sub // SCALE
+    j = sub % SCALE
+    return c.to(tl.int64) * stride_c + i.to(tl.int64) * stride_h + j.to(tl.int64) * stride_w
+
+
+@triton.jit
+def pixel_gemm_kernel(
+    a_ptr, b_ptr, bias_ptr, out_ptr,
+    M, H, W, K, Q,
+    A_C, a_sn, a_sc, a_sh, a_sw,
+    b_sk, b_sq,
+    OUT_C, o_sn, o_sc, o_sh, o_sw,
+    A_SCALE: tl.constexpr, OUT_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_q = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    mask_m = offs_m < M
+    mask_q = offs_q < Q
+    a_rows = _row_offsets(offs_m, H, W, a_sn, a_sh, a_sw, A_SCALE)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_Q), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mask_k = offs_k < K
+        a_cols = _col_offsets(offs_k, A_C, a_sc, a_sh, a_sw, A_SCALE)
+        a = tl.load(a_ptr + a_rows[:, None] + a_cols[None, :], mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+        b_offsets = offs_k.to(tl.int64)[:, None] * b_sk + offs_q.to(tl.int64)[None, :] * b_sq
+        b = tl.load(b_ptr + b_offsets, mask=mask_k[:, None] & mask_q[None, :], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_q % OUT_C, mask=mask_q, other=0.0)
+        acc += bias.to(tl.float32)[None, :]
+    out_rows = _row_offsets(offs_m, H, W, o_sn, o_sh, o_sw, OUT_SCALE)
+    out_cols = _col_offsets(offs_q, OUT_C, o_sc, o_sh, o_sw, OUT_SCALE)
+    tl.store(
+        out_ptr + out_rows[:, None] + out_cols[None, :],
+        acc.to(out_ptr.dtype.element_ty),
+        mask=mask_m[:, None] & mask_q[None, :],
+    )
+
+
+@triton.jit
+def pixel_gemm_wgrad_kernel(
+    a_ptr, g_ptr, partial_ptr,
+    M, H, W, R, Q, ROWS_PER_SPLIT,
+    A_C, a_sn, a_sc, a_sh, a_sw,
+    G_C, g_sn, g_sc, g_sh, g_sw,
+    A_SCALE: tl.constexpr, G_SCALE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    pid_r = tl.program_id(0)
+    pid_q = tl.program_id(1)
+    split = tl.program_id(2)
+    offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    mask_r = offs_r < R
+    mask_q = offs_q < Q
+    a_cols = _col_offsets(offs_r, A_C, a_sc, a_sh, a_sw, A_SCALE)
+    g_cols = _col_offsets(offs_q, G_C, g_sc, g_sh, g_sw, G_SCALE)
+
+    acc = tl.zeros((BLOCK_R, BLOCK_Q), dtype=tl.float32)
+    row_start = split * ROWS_PER_SPLIT
+    row_end = tl.minimum(row_start + ROWS_PER_SPLIT, M)
+    for m0 in range(row_start, row_end, BLOCK_M):
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        mask_m = offs_m < row_end
+        a_rows = _row_offsets(offs_m, H, W, a_sn, a_sh, a_sw, A_SCALE)
+        g_rows = _row_offsets(offs_m, H, W, g_sn, g_sh, g_sw, G_SCALE)
+        a_t = tl.load(a_ptr + a_cols[:, None] + a_rows[None, :], mask=mask_r[:, None] & mask_m[None, :], other=0.0)
+        g = tl.load(g_ptr + g_rows[:, None] + g_cols[None, :], mask=mask_m[:, None] & mask_q[None, :], other=0.0)
+        acc = tl.dot(a_t, g, acc, input_precision=DOT_PRECISION)
+
+    out = partial_ptr + split.to(tl.int64) * R * Q + offs_r.to(tl.int64)[:, None] * Q + offs_q[None, :]
+    tl.store(out, acc, mask=mask_r[:, None] & mask_q[None, :])
+
+
+# Launch configurations. One fixed tile per kernel keeps the ahead-of-time check exhaustive; the
+# small-M tile serves the deep, small feature maps (and keeps the interpreter fast).
+GEMM_TILES = {"large": dict(BLOCK_M=128, BLOCK_Q=64, BLOCK_K=32), "small": dict(BLOCK_M=64, BLOCK_Q=64, BLOCK_K=32)}
+WGRAD_TILE = dict(BLOCK_R=64, BLOCK_Q=64, BLOCK_M=32)
+NUM_WARPS = 4
+NUM_STAGES = 3
+
+# Split the M reduction of the weight gradient so that about this many programs run at once.
+WGRAD_TARGET_PROGRAMS = 512
+
+
+def _device_guard(t: torch.Tensor):
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def pixel_gemm(a: torch.Tensor, a_scale: int, b: torch.Tensor, out: torch.Tensor, out_scale: int,
+               bias: torch.Tensor | None, dot_precision: str) -> torch.Tensor:
+    """out_view = a_view @ b (+ bias[q % C_out]), written into ``out`` in place.
+
+    a: (N, C_a, a_scale*H, a_scale*W); b: [a_scale**2 * C_a, out_scale**2 * C_out], any strides;
+    out: (N, C_out, out_scale*H, out_scale*W); bias: (C_out,) or None. Returns ``out``.
+    """
+    height, width = a.shape[2] // a_scale, a.shape[3] // a_scale
+    rows = a.shape[0] * height * width
+    depth, cols = a.shape[1] * a_scale**2, out.shape[1] * out_scale**2
+    tile = GEMM_TILES["large" if rows >= 8192 else "small"]
+    grid = (triton.cdiv(rows, tile["BLOCK_M"]), triton.cdiv(cols, tile["BLOCK_Q"]))
+    with _device_guard(a):
+        pixel_gemm_kernel[grid](
+            a, b, out if bias is None else bias, out,
+            rows, height, width, depth, cols,
+            a.shape[1], *a.stride(), b.stride(0), b.stride(1), out.shape[1], *out.stride(),
+            A_SCALE=a_scale, OUT_SCALE=out_scale, HAS_BIAS=bias is not None, DOT_PRECISION=dot_precision,
+            num_warps=NUM_WARPS, num_stages=NUM_STAGES, **tile,
+        )
+    return out
+
+
+def pixel_gemm_wgrad(a: torch.Tensor, a_scale: int, g: torch.Tensor, g_scale: int, dot_precision: str) -> torch.Tensor:
+    """a_view^T @ g_view in fp32: a (N, C_a, a_scale*H, a_scale*W), g (N, C_g, g_scale*H, g_scale*W)
+    -> [a_scale**2 * C_a, g_scale**2 * C_g]. The reduction over the N*H*W pixels is split into chunks
+    whose partial sums are added afterwards, in a fixed order (deterministic)."""
+    height, width = a.shape[2] // a_scale, a.shape[3] // a_scale
+    rows = a.shape[0] * height * width
+    out_rows, out_cols = a.shape[1] * a_scale**2, g.shape[1] * g_scale**2
+    tiles = triton.cdiv(out_rows, WGRAD_TILE["BLOCK_R"]) * triton.cdiv(out_cols, WGRAD_TILE["BLOCK_Q"])
+    splits = max(1, min(triton.cdiv(rows, 4 * WGRAD_TILE["BLOCK_M"]), triton.cdiv(WGRAD_TARGET_PROGRAMS, tiles)))
+    rows_per_split = triton.cdiv(triton.cdiv(rows, splits), WGRAD_TILE["BLOCK_M"]) * WGRAD_TILE["BLOCK_M"]
+    splits = triton.cdiv(rows, rows_per_split)
+    partial = torch.empty((splits, out_rows, out_cols), device=a.device, dtype=torch.float32)
+    grid = (triton.cdiv(out_rows, WGRAD_TILE["BLOCK_R"]), triton.cdiv(out_cols, WGRAD_TILE["BLOCK_Q"]), splits)
+    with _device_guard(a):
+        pixel_gemm_wgrad_kernel[grid](
+            a, g, partial, rows, height, width, out_rows, out_cols, rows_per_split,
+            a.shape[1], *a.stride(), g.shape[1], *g.stride(),
+            A_SCALE=a_scale, G_SCALE=g_scale, DOT_PRECISION=dot_precision,
+            num_warps=NUM_WARPS, num_stages=NUM_STAGES, **WGRAD_TILE,
+        )
+    return partial.sum(0)
+
+
+_TRITON_TYPE = {"fp32": "*fp32", "tf32": "*fp32", "fp16": "*fp16", "bf16": "*bf16"}
+
+
+def _register_configs() -> None:
+    # (A_SCALE, OUT_SCALE, HAS_BIAS): up-conv forward, up-conv input gradient, 1x1 forward, 1x1 input gradient.
+    gemm_variants = ((1, 2, True), (2, 1, False), (1, 1, True), (1, 1, False))
+    int_args = ("M", "H", "W", "K", "Q", "A_C", "a_sn", "a_sc", "a_sh", "a_sw", "b_sk", "b_sq",
+                "OUT_C", "o_sn", "o_sc", "o_sh", "o_sw")
+    wgrad_int_args = ("M", "H", "W", "R", "Q", "ROWS_PER_SPLIT", "A_C", "a_sn", "a_sc", "a_sh", "a_sw",
+                      "G_C", "g_sn", "g_sc", "g_sh", "g_sw")
+    for precision, pointer in _TRITON_TYPE.items():
+        dot = "tf32" if precision == "tf32" else "ieee"
+        for a_scale, out_scale, has_bias in gemm_variants:
+            for tile_name, tile in GEMM_TILES.items():
+                constexprs = dict(A_SCALE=a_scale, OUT_SCALE=out_scale, HAS_BIAS=has_bias, DOT_PRECISION=dot, **tile)
+                signature = {"a_ptr": pointer, "b_ptr": pointer, "bias_ptr": pointer, "out_ptr": pointer,
+                             **{name: "i32" for name in int_args}, **{name: "constexpr" for name in constexprs}}
+                register(KernelConfig(
+                    kernel="pixel_gemm", fn=pixel_gemm_kernel, signature=signature, constexprs=constexprs,
+                    precision=precision, block_m=tile["BLOCK_M"], num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+                    label=f"scale {a_scale}->{out_scale}{' +bias' if has_bias else ''} {tile_name}",
+                ))
+        for a_scale, g_scale in ((1, 2), (1, 1)):
+            constexprs = dict(A_SCALE=a_scale, G_SCALE=g_scale, DOT_PRECISION=dot, **WGRAD_TILE)
+            signature = {"a_ptr": pointer, "g_ptr": pointer, "partial_ptr": "*fp32",
+                         **{name: "i32" for name in wgrad_int_args}, **{name: "constexpr" for name in constexprs}}
+            register(KernelConfig(
+                kernel="pixel_gemm_wgrad", fn=pixel_gemm_wgrad_kernel, signature=signature, constexprs=constexprs,
+                precision=precision, block_m=WGRAD_TILE["BLOCK_R"], num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+                label=f"scales {a_scale},{g_scale}",
+            ))
+
+
+_register_configs()
