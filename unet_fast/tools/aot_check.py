@@ -11,6 +11,7 @@ the warp count is a multiple of 4, and fp32 dots without TF32 must use none.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -72,6 +73,8 @@ def expectation_problem(config, arch: int, instructions: set[str], shared: int) 
 
 
 def check(configs, archs) -> list[CheckResult]:
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        raise RuntimeError("the ahead-of-time check compiles kernels; unset TRITON_INTERPRET to run it")
     results = []
     for config in configs:
         for arch in archs:
@@ -113,6 +116,9 @@ def main(argv=None) -> int:
     import unet_fast.triton  # noqa: F401  (kernel modules register their configurations)
     from unet_fast.triton.aot import registered
 
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        print("aot_check compiles kernels for real: unset TRITON_INTERPRET", file=sys.stderr)
+        return 2
     configs = [c for c in registered() if not args.kernel or c.kernel in args.kernel]
     print(f"triton {triton.__version__}; architectures: {', '.join(f'sm_{a}' for a in archs)}")
     if not configs:

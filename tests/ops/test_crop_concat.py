@@ -1,0 +1,101 @@
+"""center_crop_concat (C++/CUDA op) against torch.cat of a center crop."""
+import pytest
+import torch
+
+from tests.conftest import HAS_CUDA
+from unet_fast.ops import center_crop_concat
+from unet_fast.reference import center_crop_concat as reference
+
+FLOAT_DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+
+def _inputs(dtype=torch.float32, device="cpu", skip_hw=(11, 14), x_hw=(7, 8), batch=2, c0=3, c1=5):
+    skip = torch.randn(batch, c0, *skip_hw, dtype=dtype, device=device)
+    x = torch.randn(batch, c1, *x_hw, dtype=dtype, device=device)
+    return skip, x
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("skip_hw,x_hw", [((11, 14), (7, 8)), ((6, 6), (6, 6)), ((9, 5), (1, 1))])
+def test_matches_cat_of_crop_exactly(dtype, channels_last, skip_hw, x_hw):
+    skip, x = _inputs(dtype, skip_hw=skip_hw, x_hw=x_hw)
+    if channels_last:
+        skip, x = skip.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
+    out = center_crop_concat(skip, x)
+    assert torch.equal(out, reference(skip, x))  # a copy: bit-exact
+    expected_format = torch.channels_last if channels_last and x_hw != (1, 1) else torch.contiguous_format
+    assert out.is_contiguous(memory_format=expected_format)
+
+
+def test_mixed_layouts_and_non_contiguous_views():
+    skip, x = _inputs()
+    skip = skip.to(memory_format=torch.channels_last)
+    x_view = torch.randn(2, 10, 7, 16)[:, ::2, :, ::2]  # strided in channels and width
+    assert torch.equal(center_crop_concat(skip, x_view), reference(skip, x_view))
+
+
+def test_gradients_route_back_to_the_crop_window():
+    skip, x = _inputs(torch.float64)
+    skip.requires_grad_(True)
+    x.requires_grad_(True)
+    assert torch.autograd.gradcheck(center_crop_concat, (skip, x))
+    out = center_crop_concat(skip, x)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    expected = torch.autograd.grad(reference(skip, x), (skip, x), grad)
+    assert torch.equal(skip.grad, expected[0]) and torch.equal(x.grad, expected[1])
+
+
+def test_opcheck():
+    skip, x = _inputs()
+    torch.library.opcheck(torch.ops.unet_fast.center_crop_concat.default, (skip, x))
+    skip, x = (t.to(memory_format=torch.channels_last).requires_grad_() for t in _inputs())
+    torch.library.opcheck(torch.ops.unet_fast.center_crop_concat.default, (skip, x))
+
+
+def test_compiles_without_graph_breaks():
+    skip, x = _inputs()
+
+    def decoder_input(skip, x):
+        return center_crop_concat(skip, torch.relu(x)) * 2
+
+    compiled = torch.compile(decoder_input, fullgraph=True, backend="aot_eager")
+    assert torch.equal(compiled(skip, x), decoder_input(skip, x))
+
+
+@pytest.mark.parametrize(
+    "skip_hw,x_hw,match", [((10, 10), (7, 8), "even"), ((6, 6), (8, 6), "even, non-negative")]
+)
+def test_bad_crop_sizes_raise_value_error(skip_hw, x_hw, match):
+    skip, x = _inputs(skip_hw=skip_hw, x_hw=x_hw)
+    with pytest.raises(ValueError, match=match):
+        center_crop_concat(skip, x)
+
+
+def test_bad_inputs_raise_clear_errors():
+    skip, x = _inputs()
+    with pytest.raises(TypeError, match="dtype"):
+        center_crop_concat(skip, x.double())
+    with pytest.raises(TypeError, match="skip must have dtype"):
+        center_crop_concat(skip.long(), x.long())
+    with pytest.raises(ValueError, match="4-d"):
+        center_crop_concat(skip, x[0])
+    with pytest.raises(ValueError, match="batch size"):
+        center_crop_concat(skip, x[:1])
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        center_crop_concat(skip, x.numpy())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cuda_matches_cpu(dtype, channels_last):
+    skip, x = _inputs(dtype, skip_hw=(37, 41), x_hw=(29, 33), c0=16, c1=16)
+    if channels_last:
+        skip, x = skip.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
+    out = center_crop_concat(skip.cuda(), x.cuda())
+    assert torch.equal(out.cpu(), reference(skip, x))
+    with pytest.raises(ValueError, match="on cuda"):
+        center_crop_concat(skip.cuda(), x)
+    assert HAS_CUDA

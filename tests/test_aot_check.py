@@ -1,0 +1,89 @@
+"""The ahead-of-time Triton check: its expectations, and real compiles for sm_80 and sm_90.
+
+Compiling needs real @triton.jit functions, so compiles run in a subprocess without the
+TRITON_INTERPRET=1 that this test session sets on machines without a GPU.
+"""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("triton")
+
+from unet_fast.tools import aot_check  # noqa: E402
+from unet_fast.triton.aot import KernelConfig  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _compile_in_subprocess(script: str):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_compiles_and_finds_the_tensor_core_instructions():
+    found = _compile_in_subprocess(
+        """
+import dataclasses, json
+from tests import aot_sample_kernel as sample
+from unet_fast.tools import aot_check
+results = aot_check.check([sample.config("fp16", "fp16"), sample.config("fp32", "fp32")], archs=[80, 90])
+print(json.dumps([dataclasses.asdict(r) for r in results]))
+"""
+    )
+    by_key = {(r["precision"], r["arch"]): r for r in found}
+    assert all(r["compiled"] and r["problem"] is None for r in found), found
+    assert by_key["fp16", 80]["instructions"] == ["mma.sync"]
+    assert by_key["fp16", 90]["instructions"] == ["wgmma.mma_async"]
+    assert by_key["fp32", 90]["instructions"] == []
+    assert 0 < by_key["fp16", 90]["shared_bytes"] <= aot_check.SHARED_MEMORY_LIMIT[90]
+
+
+def test_a_compile_failure_is_reported_not_raised():
+    (result,) = _compile_in_subprocess(
+        """
+import dataclasses, json
+from tests import aot_sample_kernel as sample
+from unet_fast.tools import aot_check
+from unet_fast.triton.aot import KernelConfig
+broken = KernelConfig("tile_matmul", sample.tile_matmul, {"a": "*fp16"}, {}, precision="fp16")
+print(json.dumps([dataclasses.asdict(r) for r in aot_check.check([broken], archs=[90])]))
+"""
+    )
+    assert not result["compiled"] and result["problem"].startswith("compile failed")
+
+
+def _config(precision, block_m=64, num_warps=4):
+    return KernelConfig("k", None, {"BLOCK_M": "constexpr"}, {"BLOCK_M": block_m}, precision=precision,
+                        block_m=block_m, num_warps=num_warps)
+
+
+def test_expectations():
+    fp16 = _config("fp16")
+    assert "without tensor-core" in aot_check.expectation_problem(fp16, 80, set(), 1024)
+    assert aot_check.expectation_problem(fp16, 80, {"mma.sync"}, 1024) is None
+    assert "not wgmma" in aot_check.expectation_problem(fp16, 90, {"mma.sync"}, 1024)
+    assert aot_check.expectation_problem(_config("bf16", block_m=32), 90, {"mma.sync"}, 1024) is None
+    assert aot_check.expectation_problem(_config("bf16", num_warps=2), 90, {"mma.sync"}, 1024) is None
+    assert "fp32 dot compiled to tensor-core" in aot_check.expectation_problem(_config("fp32"), 80, {"mma.sync"}, 1024)
+    assert "shared memory" in aot_check.expectation_problem(fp16, 80, {"mma.sync"}, 10**6)
+
+
+def test_registry_rejects_bad_configs():
+    with pytest.raises(ValueError, match="constexpr arguments without a value"):
+        KernelConfig("k", None, {"BLOCK_M": "constexpr"}, {}, precision="fp16")
+    with pytest.raises(ValueError, match="precision"):
+        KernelConfig("k", None, {}, {}, precision="int8")
+
+
+def test_refuses_to_run_in_the_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with pytest.raises(RuntimeError, match="unset TRITON_INTERPRET"):
+        aot_check.check([_config("fp16")], archs=[90])

@@ -1,0 +1,57 @@
+"""The extension's build information, and importing unet_fast without a usable extension."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import unet_fast
+from unet_fast import _ext
+
+
+def test_build_info_describes_this_build():
+    info = unet_fast.build_info()
+    assert info["extension"] is True, info["extension_error"]
+    assert info["torch_version"] == torch.__version__
+    if info["cuda_kernels"]:
+        assert info["cuda_version"] == torch.version.cuda
+        assert info["cuda_archs"] and all(arch.replace(".", "").isdigit() for arch in info["cuda_archs"])
+    else:
+        assert info["cuda_version"] is None and info["cuda_archs"] == []
+    assert isinstance(info["triton"], bool)
+    assert (info["triton_version"] is not None) == info["triton"]
+
+
+def test_missing_extension_keeps_import_working_and_ops_explain_the_rebuild():
+    # A fresh interpreter where unet_fast._C cannot be imported (as on a machine that never built it).
+    code = """
+import sys
+sys.modules["unet_fast._C"] = None
+import torch, unet_fast
+info = unet_fast.build_info()
+assert info["extension"] is False and "could not be imported" in info["extension_error"], info
+try:
+    unet_fast.ops.center_crop_concat(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 2, 2))
+except ImportError as error:
+    assert "pip install --no-build-isolation" in str(error), error
+    print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_extension_built_for_another_torch_is_refused(monkeypatch):
+    class OtherTorchBuild:
+        @staticmethod
+        def build_info():
+            return {"torch_version": "0.0.1", "cuda_kernels": False, "cuda_version": None, "cuda_archs": None}
+
+    monkeypatch.setitem(sys.modules, "unet_fast._C", OtherTorchBuild)
+    monkeypatch.setattr(unet_fast, "_C", OtherTorchBuild, raising=False)
+    extension, error = _ext._load_extension()
+    assert extension is None
+    assert "built against torch 0.0.1" in error and torch.__version__ in error
+    monkeypatch.setattr(_ext, "_C", None)
+    monkeypatch.setattr(_ext, "_LOAD_ERROR", error)
+    with pytest.raises(ImportError, match="built against torch 0.0.1.*Rebuild"):
+        _ext.require_extension()
