@@ -1,0 +1,179 @@
+"""The benchmark suite: FLOP counts, schema checks, op-script integration and the quick CPU run."""
+import copy
+import json
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from unet_fast import benchmark
+from unet_fast.benchmark import cases, flops, measure, ops, schema
+from unet_fast.reference import UNet
+
+
+def test_paper_forward_flops_by_hand():
+    # Hand count, 2 FLOPs per multiply-accumulate, spatial sizes of the 572x572 network.
+    conv3 = lambda c_in, c_out, size: 2 * 9 * c_in * c_out * size * size  # noqa: E731
+    encoder = [(1, 64, 570), (64, 64, 568), (64, 128, 282), (128, 128, 280), (128, 256, 138), (256, 256, 136),
+               (256, 512, 66), (512, 512, 64), (512, 1024, 30), (1024, 1024, 28)]
+    decoder = [(1024, 512, 54), (512, 512, 52), (512, 256, 102), (256, 256, 100), (256, 128, 198),
+               (128, 128, 196), (128, 64, 390), (64, 64, 388)]
+    # Transposed convs: 4 taps per input pixel, input sizes 28, 52, 100, 196.
+    ups = [(1024, 512, 28), (512, 256, 52), (256, 128, 100), (128, 64, 196)]
+    total = sum(conv3(*layer) for layer in encoder + decoder)
+    total += sum(2 * 4 * c_in * c_out * size * size for c_in, c_out, size in ups)
+    total += 2 * 64 * 2 * 388 * 388  # the 1x1 head
+    assert flops.forward_flops({}, 572, 572) == total
+    assert round(total / 1e9, 1) == 300.9
+    assert flops.forward_flops({}, 572, 572, batch=8) == 8 * total
+
+
+@pytest.mark.parametrize(
+    "config, size",
+    [
+        ({}, 572),
+        (dict(base_channels=8, depth=3, in_channels=3, num_classes=4), 92),
+        (dict(base_channels=4, depth=4, padding="same", up_mode="bilinear"), 64),
+        (dict(base_channels=4, depth=3, skip_connections=False), 60),
+    ],
+)
+def test_flops_match_torch_flop_counter(config, size):
+    # torch's own FlopCounterMode on the meta device is an independent count of the same layers.
+    model = UNet(**config).to("meta")
+    x = torch.empty(2, model.in_channels, size, size, device="meta")
+    with FlopCounterMode(display=False) as counter:
+        model(x)
+    assert flops.forward_flops(config, size, size, batch=2) == counter.get_total_flops()
+    with FlopCounterMode(display=False) as counter:
+        model(x).sum().backward()
+    assert flops.train_step_flops(config, size, size, batch=2) == counter.get_total_flops()
+
+
+def test_flops_reject_invalid_size():
+    with pytest.raises(ValueError, match="input height"):
+        flops.forward_flops({}, 570, 572)
+
+
+def test_saved_tensor_bytes_excludes_parameters_and_counts_storages_once():
+    weight = torch.randn(16, 16, requires_grad=True)
+    x = torch.randn(8, 16)
+
+    def graph():
+        hidden = x @ weight  # saves x (512 B) and the parameter (excluded)
+        return (hidden * hidden).sum()  # saves hidden twice, counted once (512 B)
+
+    assert measure.saved_tensor_bytes(graph, [weight]) == 2 * 8 * 16 * 4
+
+
+def test_interleaved_timing_reports_errors_and_rotates():
+    calls = []
+    candidates = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b"), "broken": lambda: 1 / 0}
+    timings, errors = measure.time_interleaved(candidates, torch.device("cpu"), warmup=1, rounds=4, min_sample_ms=0.0)
+    assert set(timings) == {"a", "b"} and set(errors) == {"broken"}
+    assert "ZeroDivisionError" in errors["broken"]
+    assert timings["a"]["samples"] == 4 and timings["a"]["ms"] > 0
+    timed = calls[4:]  # after warm-up and calibration (2 calls each)
+    assert timed[:2] == ["a", "b"] and timed[2:4] == ["b", "a"]
+
+
+def test_make_plan_rejects_unknown_names():
+    with pytest.raises(ValueError, match="unknown providers"):
+        cases.make_plan("cpu", quick=True, full=False, providers=("nope",))
+    with pytest.raises(ValueError, match="unknown shapes"):
+        cases.make_plan("cpu", quick=True, full=False, shapes=("huge",))
+
+
+def test_main_rejects_cuda_without_gpu(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert benchmark.main(["--quick", "--device", "cuda", "--no-ops"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_op_script_records_join_the_suite(tmp_path, monkeypatch):
+    script = tmp_path / "bench_conv.py"
+    script.write_text(
+        "import argparse, json\n"
+        "def main(argv):\n"
+        "    parser = argparse.ArgumentParser()\n"
+        "    parser.add_argument('--json')\n"
+        "    args = parser.parse_args(argv)\n"  # rejects --device/--quick: the suite retries with --json alone
+        "    rows = [{'name': 'enc0', 'provider': 'fused', 'dtype': 'bf16', 'ms': 1.5, 'ratio': 1.3, 'tflops': 2.0},\n"
+        "            {'name': 'enc1', 'provider': 'fused', 'status': 'skipped', 'reason': 'no GPU'},\n"
+        "            {'name': 'junk'}]\n"
+        "    json.dump({'records': rows}, open(args.json, 'w'))\n"
+        "    return 0\n"
+    )
+    (tmp_path / "bench_augment.py").write_text("def main(argv):\n    raise RuntimeError('boom')\n")
+    monkeypatch.setenv(ops.DIR_ENV, str(tmp_path))
+    entries, records = ops.run_op_benchmarks("cpu", quick=True, log=lambda line: None)
+    status = {entry["name"]: entry["status"] for entry in entries}
+    assert status == {"bench_conv": "ok", "bench_augment": "error", "bench_weight_map": "skipped"}
+    assert "boom" in entries[1]["reason"] and "not found" in entries[2]["reason"]
+    assert [(r["name"], r["status"]) for r in records] == [("enc0", "ok"), ("enc1", "skipped")]
+    assert records[0]["speedup"] == 1.3 and records[0]["tflops"] == 2.0
+    problems = []
+    for index, record in enumerate(records):
+        schema._op_record(record, f"records[{index}]", problems)
+    assert problems == []
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """The equivalent of `unet-fast bench --quick --device cpu --no-ops --json ... --plot ...`."""
+    out = tmp_path_factory.mktemp("bench")
+    argv = ["--quick", "--device", "cpu", "--no-ops", "--json", str(out / "bench.json"), "--plot", str(out / "bench.png")]
+    code = benchmark.main(argv)
+    return code, json.loads((out / "bench.json").read_text()), out
+
+
+def test_quick_run_covers_every_provider_and_mode(quick_run):
+    code, document, out = quick_run
+    assert code == 0
+    schema.check(document)
+    model = [r for r in document["records"] if r["kind"] == "model"]
+    seen = {(r["provider"], r["mode"]) for r in model}
+    assert seen == {(p, m) for p in cases.PROVIDERS for m in cases.MODES}
+    assert {r["dtype"] for r in model} == {"fp32"}
+    for record in model:
+        assert (record["status"] == "ok") == (record["reason"] is None)
+        if record["status"] == "skipped":
+            assert record["reason"]
+    by_key = {(r["provider"], r["mode"]): r for r in model}
+    for mode in ("forward", "train-step"):
+        for provider in ("reference", "reference-cl"):
+            record = by_key[(provider, mode)]
+            assert record["status"] == "ok" and record["ms"] > 0
+            assert record["flops"] == (flops.forward_flops if mode == "forward" else flops.train_step_flops)(
+                cases.TINY, 92, 92, 1
+            )
+            assert record["memory"]["peak_rss_bytes"] > 0
+    train = by_key[("reference", "train-step")]
+    assert train["speedup"] == 1.0 and by_key[("reference-cl", "train-step")]["speedup"] > 0
+    # Same weights and same graph: the contiguous and channels_last references save the same bytes.
+    assert train["saved_bytes"] > 0 and train["saved_bytes"] == by_key[("reference-cl", "train-step")]["saved_bytes"]
+    assert "quick" in by_key[("reference-compile", "forward")]["reason"]
+    env = document["environment"]
+    assert env["device_type"] == "cpu" and env["torch"] == torch.__version__
+    assert document["peaks"]["matmul"]["tflops"] > 0 and document["peaks"]["copy"]["gbps"] > 0
+    pytest.importorskip("matplotlib")
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_schema_flags_broken_documents(quick_run):
+    _, document, _ = quick_run
+    broken = copy.deepcopy(document)
+    ok = next(r for r in broken["records"] if r["status"] == "ok")
+    ok["ms"] = "fast"
+    skipped = next(r for r in broken["records"] if r["status"] == "skipped")
+    skipped["reason"] = None
+    del broken["environment"]["commit"]
+    broken["records"].append({"kind": "mystery"})
+    problems = schema.validate(broken)
+    assert any(".ms: expected number" in p for p in problems)
+    assert any(".reason: must be null exactly when" in p for p in problems)
+    assert "environment.commit: missing" in problems
+    assert any("kind: expected 'model' or 'op'" in p for p in problems)
+    with pytest.raises(ValueError, match="does not match schema"):
+        schema.check(broken)
+    assert schema.validate([]) == ["document: expected an object, got list"]

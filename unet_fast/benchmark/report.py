@@ -1,0 +1,99 @@
+"""The terminal table and the PNG plot of a benchmark document."""
+from __future__ import annotations
+
+from collections import defaultdict
+
+MIB = 2**20
+
+
+def _fmt(value, spec: str, scale: float = 1.0, suffix: str = "") -> str:
+    """``value / scale`` formatted by ``spec`` plus ``suffix``, or "-" right-aligned to the same width."""
+    width = int(spec.split(".")[0] or 0) + len(suffix)
+    return "-".rjust(width) if value is None else format(value / scale, spec) + suffix
+
+
+def _memory_mib(record: dict) -> float | None:
+    memory = record.get("memory") or {}
+    value = memory.get("peak_bytes", memory.get("peak_rss_bytes"))
+    return None if value is None else value / MIB
+
+
+def table(document: dict) -> str:
+    """One line per record: timing, speedup against the baseline, FLOP rate, memory."""
+    baseline = document["settings"]["baseline"]
+    peak = document["peaks"]["matmul"]
+    lines = [
+        f"device {document['environment']['device_name']}  torch {document['environment']['torch']}  "
+        f"triton {document['environment']['triton']}  commit {document['environment']['commit']}",
+        f"peaks: {peak['dtype']} matmul {peak['tflops']:.2f} TFLOP/s, copy {document['peaks']['copy']['gbps']:.1f} GB/s",
+        "",
+    ]
+    header = (
+        f"{'mode':<16}{'shape':<18}{'dtype':<6}{'provider':<21}{'ms':>10}{'x ' + baseline:>13}"
+        f"{'TFLOP/s':>9}{'%peak':>7}{'peak MiB':>10}{'saved MiB':>10}  note"
+    )
+    lines += [header, "-" * len(header)]
+    for record in document["records"]:
+        if record["kind"] != "model":
+            continue
+        note = "" if record["status"] == "ok" else f"{record['status']}: {record['reason']}"
+        peak_fraction = None if record.get("peak_fraction") is None else 100 * record["peak_fraction"]
+        lines.append(
+            f"{record['mode']:<16}{record['shape']:<18}{record['dtype']:<6}{record['provider']:<21}"
+            f"{_fmt(record.get('ms'), '10.2f')}{_fmt(record.get('speedup'), '12.2f', suffix='x')}"
+            f"{_fmt(record.get('tflops'), '9.2f')}{_fmt(peak_fraction, '6.1f', suffix='%')}"
+            f"{_fmt(_memory_mib(record), '10.0f')}{_fmt(record.get('saved_bytes'), '10.1f', MIB)}  {note}"
+        )
+    ops = [record for record in document["records"] if record["kind"] == "op"]
+    if ops or document.get("op_benchmarks"):
+        lines += ["", "op benchmarks:"]
+        for entry in document.get("op_benchmarks", []):
+            reason = f": {entry['reason']}" if entry["reason"] else ""
+            lines.append(f"  {entry['name']:<18}{entry['status']}{reason}")
+        for record in ops:
+            extra = "  ".join(
+                f"{key} {record[key]:.3g}" for key in ("speedup", "tflops", "gbps", "bandwidth_fraction") if key in record
+            )
+            lines.append(
+                f"  {record['benchmark']:<18}{record['name']:<34}{record['provider']:<20}{record['dtype']:<6}"
+                f"{_fmt(record.get('ms'), '10.3f')} ms  {extra}"
+            )
+    return "\n".join(lines)
+
+
+def plot(document: dict, path: str) -> str | None:
+    """Writes a PNG of every provider's speedup over the baseline, one panel per mode. Returns
+    None on success, else why no plot was written (matplotlib missing, nothing to plot)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install matplotlib): no plot written"
+    baseline = document["settings"]["baseline"]
+    by_mode: dict[str, dict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+    for record in document["records"]:
+        if record["kind"] == "model" and record["status"] == "ok" and record.get("speedup") is not None:
+            case = f"{record['shape']}\n{record['dtype']}"
+            by_mode[record["mode"]][record["provider"]][case] = record["speedup"]
+    if not by_mode:
+        return "no provider ran alongside the baseline: nothing to plot"
+    figure, axes = plt.subplots(len(by_mode), 1, figsize=(10, 3.6 * len(by_mode)), squeeze=False)
+    for axis, (mode, providers) in zip(axes[:, 0], by_mode.items()):
+        cases = sorted({case for values in providers.values() for case in values})
+        width = 0.8 / max(len(providers), 1)
+        for index, (provider, values) in enumerate(sorted(providers.items())):
+            positions = [cases.index(case) + index * width for case in values]
+            axis.bar(positions, list(values.values()), width=width, label=provider)
+        axis.axhline(1.0, color="black", linewidth=0.8)
+        axis.set_xticks([i + 0.4 - width / 2 for i in range(len(cases))], cases, fontsize=8)
+        axis.set_ylabel(f"speedup vs {baseline}")
+        axis.set_title(mode)
+        axis.legend(fontsize=8)
+    env = document["environment"]
+    figure.suptitle(f"unet_fast on {env['device_name']} (torch {env['torch']}, commit {str(env['commit'])[:12]})")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return None
