@@ -1,0 +1,284 @@
+"""conv3x3_relu: valid 3x3 conv + bias + ReLU with the decoder's crop-concat and the 2x2 max-pool fused.
+
+The Triton path is two ``torch.library`` custom ops, ``unet_fast::conv3x3_relu`` (returns y) and
+``unet_fast::conv3x3_relu_pool`` (returns y and its 2x2 max-pool), sharing the backward op
+``unet_fast::conv3x3_relu_backward``. Backward saves x, skip and y only (and the weight, which is
+the caller's tensor anyway): the ReLU mask and the pool's argmax are recomputed from y.
+
+The custom ops run the Triton kernels (``unet_fast.triton.conv3x3``) for fp16/bf16/fp32 tensors
+on CUDA, or on CPU under ``TRITON_INTERPRET=1``; for other dtypes or devices they run an ATen
+implementation of the same formulas, which is how the autograd formulas are gradchecked in float64.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from unet_fast.ops._validation import check_crop, check_same, check_tensor
+from unet_fast.reference.functional import center_crop
+
+BACKENDS = ("auto", "triton", "torch")
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_ALL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+try:
+    from unet_fast.triton import conv3x3 as _kernels
+except ImportError:  # no Triton on this platform: the "torch" backend still works
+    _kernels = None
+
+
+def conv_allows_tf32() -> bool:
+    """Whether PyTorch's own (cuDNN) convolution uses TF32 for fp32 inputs right now.
+
+    torch >= 2.9 has ``torch.backends.cudnn.conv.fp32_precision`` ("tf32", "ieee", or "none" to
+    inherit from ``torch.backends.cudnn.fp32_precision`` and then ``torch.backends.fp32_precision``);
+    older versions have ``torch.backends.cudnn.allow_tf32``.
+    """
+    cudnn = torch.backends.cudnn
+    conv = getattr(cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        for precision in (conv.fp32_precision, getattr(cudnn, "fp32_precision", "none"),
+                          getattr(torch.backends, "fp32_precision", "none")):
+            if precision != "none":
+                return precision == "tf32"
+    return bool(cudnn.allow_tf32)
+
+
+def _runs_triton(t: torch.Tensor) -> bool:
+    """Whether the custom ops run Triton kernels for this tensor (else their ATen implementation)."""
+    if _kernels is None or t.dtype not in TRITON_DTYPES:
+        return False
+    return t.device.type == "cuda" or (t.device.type == "cpu" and _kernels.interpreting())
+
+
+def conv3x3_relu(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    skip: torch.Tensor | None = None,
+    relu: bool = True,
+    pool: bool = False,
+    backend: str = "auto",
+):
+    """``y = relu(conv2d(cat([center_crop(skip, x), x], 1), weight, bias))``, valid (no padding).
+
+    Args:
+        x: (N, C1, H, W) with H, W >= 3; fp16, bf16 or fp32 (fp64 too with backend="torch").
+        weight: (C_out, C0 + C1, 3, 3), skip's C0 input channels first; same dtype and device as x.
+        bias: (C_out,) or None.
+        skip: (N, C0, Hs, Ws) or None, center-cropped to (H, W): Hs - H and Ws - W even and >= 0.
+        relu: apply the ReLU (False: conv + bias only).
+        pool: also return ``max_pool2d(y, 2)``; H - 2 and W - 2 must be even.
+        backend: "triton" (Triton kernels; CUDA tensors, or CPU tensors under TRITON_INTERPRET=1),
+            "torch" (PyTorch ops, any device and float dtype) or "auto" (triton on CUDA when Triton
+            is installed, torch otherwise).
+    Returns:
+        y (N, C_out, H - 2, W - 2), or (y, pooled) with pooled (N, C_out, (H - 2)/2, (W - 2)/2) when
+        pool=True; channels_last, x's dtype. Differentiable in x, skip, weight and bias. fp32 inputs
+        use TF32 exactly when PyTorch's convolution would (``conv_allows_tf32()``).
+    """
+    _validate(x, weight, bias, skip, relu, pool, backend)
+    if backend == "auto":
+        backend = "triton" if x.device.type == "cuda" and _kernels is not None and x.dtype in TRITON_DTYPES else "torch"
+    if backend == "torch":
+        return _torch_composite(x, weight, bias, skip, relu, pool)
+    if not _runs_triton(x):
+        raise ValueError(
+            "backend='triton' needs fp16/bf16/fp32 CUDA tensors (or CPU tensors with TRITON_INTERPRET=1 set "
+            f"before triton is imported); got {x.dtype} on {x.device}"
+            + ("" if _kernels is not None else " and Triton is not installed")
+        )
+    allow_tf32 = x.device.type == "cuda" and conv_allows_tf32()
+    if pool:
+        return torch.ops.unet_fast.conv3x3_relu_pool(x, weight, bias, skip, relu, allow_tf32)
+    return torch.ops.unet_fast.conv3x3_relu(x, weight, bias, skip, relu, allow_tf32)
+
+
+def _validate(x, weight, bias, skip, relu, pool, backend) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    for name, flag in (("relu", relu), ("pool", pool)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+    dtypes = _ALL_DTYPES if backend == "torch" else TRITON_DTYPES
+    check_tensor("x", x, dim=4, dtypes=dtypes)
+    check_tensor("weight", weight, dim=4, dtypes=dtypes)
+    check_same("weight", weight, "x", x)
+    in_channels = x.shape[1]
+    if skip is not None:
+        check_tensor("skip", skip, dim=4, dtypes=dtypes)
+        check_same("skip", skip, "x", x)
+        if skip.shape[0] != x.shape[0]:
+            raise ValueError(f"skip and x must have the same batch size, got {skip.shape[0]} and {x.shape[0]}")
+        check_crop(skip.shape, x.shape)
+        in_channels += skip.shape[1]
+    if tuple(weight.shape[1:]) != (in_channels, 3, 3):
+        where = f"skip's {skip.shape[1]} + x's {x.shape[1]}" if skip is not None else f"x's {x.shape[1]}"
+        raise ValueError(
+            f"weight must have shape (C_out, {in_channels}, 3, 3) for {where} input channels, got {tuple(weight.shape)}"
+        )
+    if weight.shape[0] < 1 or x.shape[0] < 1 or in_channels < 1:
+        raise ValueError(f"empty input: x {tuple(x.shape)}, weight {tuple(weight.shape)}")
+    if bias is not None:
+        check_tensor("bias", bias, dim=1, dtypes=dtypes)
+        check_same("bias", bias, "x", x)
+        if bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"bias must have shape ({weight.shape[0]},) to match weight, got {tuple(bias.shape)}")
+    height, width = x.shape[2], x.shape[3]
+    if height < 3 or width < 3:
+        raise ValueError(f"x must be at least 3x3 for a valid 3x3 convolution, got {height}x{width}")
+    if pool and ((height - 2) % 2 or (width - 2) % 2):
+        raise ValueError(
+            f"pool=True needs an even output size for the 2x2 max-pool, but x {height}x{width} gives "
+            f"{height - 2}x{width - 2}"
+        )
+
+
+def _torch_composite(x, weight, bias, skip, relu, pool):
+    """The op from PyTorch ops (differentiated by autograd): the reference the kernels are tested against."""
+    inputs = x if skip is None else torch.cat([center_crop(skip, tuple(x.shape[-2:])), x], dim=1)
+    y = F.conv2d(inputs, weight, bias)
+    if relu:
+        y = F.relu(y)
+    y = y.contiguous(memory_format=torch.channels_last)
+    if not pool:
+        return y
+    return y, F.max_pool2d(y, 2).contiguous(memory_format=torch.channels_last)
+
+
+# --------------------------------------------------------------------------------------------
+# Custom ops
+# --------------------------------------------------------------------------------------------
+
+
+def _output_shapes(x, weight):
+    batch, _, height, width = x.shape
+    y_shape = (batch, weight.shape[0], height - 2, width - 2)
+    return y_shape, (batch, weight.shape[0], (height - 2) // 2, (width - 2) // 2)
+
+
+def _empty_nhwc(shape, like):
+    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=torch.channels_last)
+
+
+def _forward(x, weight, bias, skip, relu, pool, allow_tf32):
+    if _runs_triton(x):
+        return _kernels.conv3x3_forward(x, weight, bias, skip, relu, pool, allow_tf32)
+    result = _torch_composite(x, weight, bias, skip, relu, pool)
+    return result if pool else (result, None)
+
+
+@torch.library.custom_op("unet_fast::conv3x3_relu", mutates_args=())
+def _conv3x3_relu_op(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, skip: torch.Tensor | None,
+    relu: bool, allow_tf32: bool,
+) -> torch.Tensor:
+    return _forward(x, weight, bias, skip, relu, False, allow_tf32)[0]
+
+
+@torch.library.custom_op("unet_fast::conv3x3_relu_pool", mutates_args=())
+def _conv3x3_relu_pool_op(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, skip: torch.Tensor | None,
+    relu: bool, allow_tf32: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _forward(x, weight, bias, skip, relu, True, allow_tf32)
+
+
+@_conv3x3_relu_op.register_fake
+def _conv3x3_relu_fake(x, weight, bias, skip, relu, allow_tf32):
+    return _empty_nhwc(_output_shapes(x, weight)[0], x)
+
+
+@_conv3x3_relu_pool_op.register_fake
+def _conv3x3_relu_pool_fake(x, weight, bias, skip, relu, allow_tf32):
+    y_shape, pooled_shape = _output_shapes(x, weight)
+    return _empty_nhwc(y_shape, x), _empty_nhwc(pooled_shape, x)
+
+
+def _aten_backward(grad_y, grad_pooled, x, skip, weight, y, relu, needs):
+    """The backward formulas in ATen ops, from x, skip and y only."""
+    g = torch.zeros_like(y) if grad_y is None else grad_y
+    if grad_pooled is not None:
+        _, argmax = F.max_pool2d(y, 2, return_indices=True)  # PyTorch's own tie rule
+        g = g + F.max_unpool2d(grad_pooled, argmax, 2, output_size=y.shape[-2:])
+    if relu:
+        g = torch.where(y > 0, g, torch.zeros_like(g))
+    inputs = x if skip is None else torch.cat([center_crop(skip, tuple(x.shape[-2:])), x], dim=1)
+    need_inputs = needs[0] or needs[1]
+    grad_inputs, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+        g, inputs, weight, [weight.shape[0]], [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+        [need_inputs, needs[2], needs[3]],
+    )
+    grad_x = grad_skip = None
+    if need_inputs:
+        c0 = 0 if skip is None else skip.shape[1]
+        grad_x = grad_inputs[:, c0:]
+        if skip is not None:
+            top, left = (skip.shape[2] - x.shape[2]) // 2, (skip.shape[3] - x.shape[3]) // 2
+            grad_skip = torch.zeros_like(skip)
+            grad_skip[:, :, top : top + x.shape[2], left : left + x.shape[3]] = grad_inputs[:, :c0]
+    return grad_x, grad_skip, grad_weight, grad_bias
+
+
+# layouts of (grad_x, grad_skip, grad_weight, grad_bias) as the backward op returns them
+_GRAD_LAYOUTS = (torch.channels_last, torch.channels_last, torch.contiguous_format, torch.contiguous_format)
+
+
+def _grad_shapes(x, skip, weight):
+    return (tuple(x.shape), None if skip is None else tuple(skip.shape), tuple(weight.shape), (weight.shape[0],))
+
+
+@torch.library.custom_op("unet_fast::conv3x3_relu_backward", mutates_args=())
+def _conv3x3_relu_backward_op(
+    grad_y: torch.Tensor | None, grad_pooled: torch.Tensor | None, x: torch.Tensor, skip: torch.Tensor | None,
+    weight: torch.Tensor, y: torch.Tensor, relu: bool, pool: bool, allow_tf32: bool, needs_input_grad: list[bool],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(grad_x, grad_skip, grad_weight, grad_bias) for needs_input_grad = (x, skip, weight, bias); a
+    gradient not needed (or without its input) comes back as a (0,)-shaped tensor: custom ops cannot
+    return None."""
+    needs = tuple(needs_input_grad)
+    if _runs_triton(x):
+        grads = _kernels.conv3x3_backward(grad_y, grad_pooled, x, skip, weight, y, relu, pool, needs, allow_tf32)
+    else:
+        grads = _aten_backward(grad_y, grad_pooled if pool else None, x, skip, weight, y, relu, needs)
+    return tuple(
+        x.new_empty((0,)) if grad is None or not needed else grad.to(x.dtype).contiguous(memory_format=layout)
+        for grad, needed, layout in zip(grads, needs, _GRAD_LAYOUTS)
+    )
+
+
+@_conv3x3_relu_backward_op.register_fake
+def _conv3x3_relu_backward_fake(grad_y, grad_pooled, x, skip, weight, y, relu, pool, allow_tf32, needs_input_grad):
+    return tuple(
+        x.new_empty((0,)) if shape is None or not needed
+        else torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=layout)
+        for shape, needed, layout in zip(_grad_shapes(x, skip, weight), needs_input_grad, _GRAD_LAYOUTS)
+    )
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, weight, bias, skip, relu, allow_tf32 = inputs
+    y = output[0] if isinstance(output, tuple) else output
+    # the weight is the caller's tensor (a parameter or its cast): saving it costs no memory
+    ctx.save_for_backward(x, skip, weight, y)
+    ctx.relu, ctx.allow_tf32 = relu, allow_tf32
+
+
+def _backward(ctx, grad_y, grad_pooled=None):
+    x, skip, weight, y = ctx.saved_tensors
+    need_x, need_weight, need_bias, need_skip = ctx.needs_input_grad[:4]
+    needs = [need_x, need_skip and skip is not None, need_weight, need_bias]
+    grad_x, grad_skip, grad_weight, grad_bias = torch.ops.unet_fast.conv3x3_relu_backward(
+        grad_y, grad_pooled, x, skip, weight, y, ctx.relu, grad_pooled is not None, ctx.allow_tf32, needs,
+    )
+    grads = [g if needed else None for g, needed in zip((grad_x, grad_skip, grad_weight, grad_bias), needs)]
+    return grads[0], grads[2], grads[3], grads[1], None, None
+
+
+def _backward_pool(ctx, grad_y, grad_pooled):
+    return _backward(ctx, grad_y, grad_pooled)
+
+
+_conv3x3_relu_op.register_autograd(_backward, setup_context=_setup_context)
+_conv3x3_relu_pool_op.register_autograd(_backward_pool, setup_context=_setup_context)
