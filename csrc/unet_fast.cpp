@@ -12,6 +12,23 @@ TORCH_LIBRARY(unet_fast, m) {
   // x (N, C1, H, W) with Hs - H and Ws - W even and >= 0; the output (N, C0 + C1, H, W) has
   // x's memory format. Differentiable through the Python autograd registration.
   m.def("center_crop_concat(Tensor skip, Tensor x) -> Tensor");
+  // Elastic + affine warp of image (N, C, H, W), and optionally label (N, H, W) integer (nearest)
+  // and weight (N, H, W) float (bilinear), with one displacement field (N, 2, gh, gw) in pixels
+  // (dy, dx): dense when (gh, gw) == (H, W), else a coarse grid upsampled bicubically on the fly
+  // (align_corners=True). affine (N, 2, 3) acts on (x, y) about the image centre; intensity (N, 3)
+  // is per-sample (contrast, brightness, gamma). interpolation: nearest | bilinear | bicubic
+  // (integer images: nearest); padding_mode: zeros | border | reflection, as grid_sample with
+  // align_corners=True. Returns the out_size window at offset of (image, label, weight); absent
+  // label/weight give 0-element tensors. No gradient exists: the Python wrapper refuses inputs
+  // that require grad.
+  m.def(
+      "elastic_warp(Tensor image, Tensor displacement, Tensor? label, Tensor? weight, Tensor? affine, "
+      "Tensor? intensity, str interpolation, str padding_mode, int[2] out_size, int[2] offset) "
+      "-> (Tensor, Tensor, Tensor)");
+  // Distances from every pixel to the nearest and the second-nearest distinct instance of an
+  // instance map (N, H, W) int32/int64, 0 = no instance: two float32 (N, H, W) tensors, +inf
+  // beyond max_distance (or where fewer instances exist). CPU only; the border weight map's input.
+  m.def("border_distances(Tensor instances, float max_distance) -> (Tensor, Tensor)");
 }
 
 #ifdef TORCH_EXTENSION_NAME
