@@ -1,0 +1,154 @@
+"""``unet_fast.UNet``: the reference U-Net's drop-in replacement with fused block ops.
+
+Same constructor (plus ``backend`` and ``recompute``), same module tree and ``state_dict`` keys as
+``unet_fast.reference.UNet`` (it is a subclass), same outputs and gradients. What changes is how a
+block runs: each encoder block, decoder stage and the head is one custom op (``unet_fast.blocks``)
+that keeps only the block's two ReLU outputs for backward (see there), and on CUDA runs the fused
+Triton kernels. Blocks whose options the fused ops do not serve (norm, padding="same",
+up_mode="bilinear") run the reference modules unchanged; ``backend_summary()`` lists which is which.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from unet_fast import blocks  # noqa: F401  (registers the block ops)
+from unet_fast.ops._backends import check_backend, resolve_backend
+from unet_fast.reference.unet import UNet as ReferenceUNet
+
+
+class UNet(ReferenceUNet):
+    """The U-Net with fused blocks. Input (N, in_channels, H, W), output logits (N, num_classes, H', W').
+
+    Args: those of ``unet_fast.reference.UNet`` (same defaults: the paper's network), plus
+        backend: "auto" (Triton kernels for CUDA inputs when Triton is installed, PyTorch ops
+            otherwise), "triton" or "torch". Both save the same tensors for backward.
+        recompute: also recompute each block's first conv in backward instead of keeping its
+            output: about half the saved activations again, for one extra conv per block.
+
+    Under ``torch.autocast`` the blocks compute in the autocast dtype (weights are cast inside the
+    ops, and not kept); without it the input must have the parameters' dtype.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        base_channels: int = 64,
+        depth: int = 5,
+        padding: str = "valid",
+        up_mode: str = "transpose",
+        dropout: float = 0.5,
+        norm: str | None = None,
+        skip_connections: bool = True,
+        *,
+        backend: str = "auto",
+        recompute: bool = False,
+    ):
+        super().__init__(in_channels, num_classes, base_channels, depth, padding, up_mode, dropout, norm,
+                         skip_connections)
+        check_backend(backend)
+        if not isinstance(recompute, bool):
+            raise TypeError(f"recompute must be a bool, got {type(recompute).__name__}")
+        self.backend, self.recompute = backend, recompute
+
+    # --- which layers run fused ---------------------------------------------------------------------
+
+    def _encoder_fallback_reason(self) -> str | None:
+        if self.norm is not None:
+            return f"norm={self.norm!r}"
+        if self.padding != "valid":
+            return f"padding={self.padding!r}"
+        return None
+
+    def _decoder_fallback_reason(self) -> str | None:
+        if self.up_mode != "transpose":
+            return f"up_mode={self.up_mode!r}"
+        return self._encoder_fallback_reason()
+
+    def backend_summary(self, device: torch.device | str | None = None) -> dict[str, str]:
+        """For each block ("encoder.i", "decoder.j", "head"), how it runs on ``device`` (default: the
+        parameters' device): "fused (triton)", "fused (torch)" or "reference (<reason>)"."""
+        parameter = next(self.parameters())
+        device = parameter.device if device is None else torch.device(device)
+        fused = f"fused ({resolve_backend(self.backend, device, parameter.dtype)})"
+        encoder_reason, decoder_reason = self._encoder_fallback_reason(), self._decoder_fallback_reason()
+        summary = {}
+        for level in range(self.depth):
+            summary[f"encoder.{level}"] = fused if encoder_reason is None else f"reference ({encoder_reason})"
+        for stage in range(self.depth - 1):
+            summary[f"decoder.{stage}"] = fused if decoder_reason is None else f"reference ({decoder_reason})"
+        summary["head"] = fused
+        return summary
+
+    # --- conversion ---------------------------------------------------------------------------------
+
+    @classmethod
+    def from_reference(cls, reference: ReferenceUNet, backend: str = "auto", recompute: bool = False) -> "UNet":
+        """A fast twin of a reference model: same architecture, a copy of its weights (and buffers), on
+        its device and dtype, in its training mode."""
+        if not isinstance(reference, ReferenceUNet):
+            raise TypeError(f"reference must be a unet_fast.reference.UNet, got {type(reference).__name__}")
+        return _twin(cls(**ReferenceUNet.config(reference), backend=backend, recompute=recompute), reference)
+
+    def to_reference(self) -> ReferenceUNet:
+        """The reference twin with a copy of these weights, device, dtype and mode: the path to
+        ``torch.export`` and ONNX export, which do not know the fused ops."""
+        return _twin(ReferenceUNet(**self.config()), self)
+
+    # --- forward ------------------------------------------------------------------------------------
+
+    def _compute_dtype(self, x: torch.Tensor) -> torch.dtype:
+        device_type = x.device.type
+        if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+            return torch.get_autocast_dtype(device_type)
+        parameter_dtype = self.head.weight.dtype
+        if x.dtype != parameter_dtype:
+            raise TypeError(
+                f"input dtype {x.dtype} does not match the model's parameter dtype {parameter_dtype}: convert one of "
+                "them, or run under torch.autocast"
+            )
+        return x.dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        dtype = self._compute_dtype(x)
+        backend = resolve_backend(self.backend, x.device, dtype)
+        encoder_fused = self._encoder_fallback_reason() is None
+        decoder_fused = self._decoder_fallback_reason() is None
+
+        h, pooled, skips = (x.to(dtype) if encoder_fused else x), None, []
+        for level, block in enumerate(self.encoder):
+            bottom = level == self.depth - 1
+            if encoder_fused:
+                _, y2, p = torch.ops.unet_fast._encoder_block(
+                    h, pooled, block.conv1.weight, block.conv1.bias, block.conv2.weight, block.conv2.bias,
+                    not bottom, self.recompute, backend,
+                )
+            else:
+                y2 = block(h if pooled is None else pooled)
+                p = None if bottom else F.max_pool2d(y2, 2)
+            if not bottom:
+                skips.append(y2)
+            h, pooled = y2, (None if bottom else p)
+
+        h = self.dropout(h)
+        for stage, skip in zip(self.decoder, reversed(skips)):
+            if decoder_fused:
+                convs = stage.block
+                _, h = torch.ops.unet_fast._decoder_block(
+                    h.to(dtype), skip if self.skip_connections else None, stage.up.weight, stage.up.bias,
+                    convs.conv1.weight, convs.conv1.bias, convs.conv2.weight, convs.conv2.bias, self.recompute, backend,
+                )
+            else:
+                h = stage(h, skip)
+        return torch.ops.unet_fast._head(h.to(dtype), self.head.weight, self.head.bias, backend)
+
+
+def _twin(model: torch.nn.Module, source: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with ``source``'s weights, device, dtype and training mode."""
+    parameter, current = next(source.parameters()), next(model.parameters())
+    if (current.device, current.dtype) != (parameter.device, parameter.dtype):
+        model.to(device=parameter.device, dtype=parameter.dtype)
+    model.load_state_dict(source.state_dict())
+    return model.train(source.training)
