@@ -1,0 +1,71 @@
+"""Tile sampling: valid origins, class-balanced oversampling, resumable state."""
+import numpy as np
+import pytest
+import torch
+
+from unet_fast.data import Tile, TileSampler
+
+
+def _rare_label():
+    label = np.zeros((100, 120), dtype=np.int64)
+    label[80:84, 10:14] = 1  # a rare class in one corner
+    return label
+
+
+def _contains_rare(tile: Tile, size=20) -> bool:
+    """Whether the window overlaps the rare block [80, 84) x [10, 14) of sample 0."""
+    return tile.index == 0 and tile.top < 84 and tile.top + size > 80 and tile.left < 14 and tile.left + size > 10
+
+
+def test_uniform_origins_are_valid_and_cover_the_range():
+    sampler = TileSampler([torch.zeros(30, 40, dtype=torch.int64), np.zeros((25, 25), dtype=np.int64)], (10, 20), seed=1)
+    tiles = [sampler.sample() for _ in range(3000)]
+    for t in tiles:
+        h, w = (30, 40) if t.index == 0 else (25, 25)
+        assert 0 <= t.top <= h - 10 and 0 <= t.left <= w - 20
+    first = [t for t in tiles if t.index == 0]
+    # Sample 0 has 21 x 21 = 441 origins, sample 1 16 x 6 = 96: drawn in that ratio.
+    assert abs(len(first) / len(tiles) - 441 / 537) < 0.03
+    assert {t.top for t in first} == set(range(21)) and {t.left for t in first} == set(range(21))
+
+
+def test_class_balanced_sampling_oversamples_the_rare_class():
+    labels = [_rare_label(), np.zeros((60, 60), dtype=np.int64)]
+    uniform = TileSampler(labels, 20, seed=0)
+    balanced = TileSampler(labels, 20, num_classes=2, class_balanced=True, seed=0)
+    rate_uniform = np.mean([_contains_rare(uniform.sample()) for _ in range(2000)])
+    rate_balanced = np.mean([_contains_rare(balanced.sample()) for _ in range(2000)])
+    # The rare class is in p ~ 3% of windows; balancing draws those windows with total weight 1/2.
+    assert rate_uniform < 0.1 and 0.4 < rate_balanced < 0.6
+    assert balanced.class_window_fraction[0] == 1.0
+
+
+def test_tile_larger_than_the_image_has_origin_zero():
+    sampler = TileSampler([np.zeros((8, 8), dtype=np.int64)], 16, class_balanced=True)
+    assert next(iter(sampler)) == Tile(0, 0, 0)
+
+
+def test_state_dict_resumes_the_same_stream():
+    sampler = TileSampler([_rare_label()], 16, class_balanced=True, seed=3)
+    sampler.sample()
+    state = sampler.state_dict()
+    expected = [sampler.sample() for _ in range(5)]
+    other = TileSampler([_rare_label()], 16, class_balanced=True, seed=99)
+    other.load_state_dict(state)
+    assert [other.sample() for _ in range(5)] == expected
+
+
+@pytest.mark.parametrize(
+    "args,kwargs",
+    [
+        (([], 8), {}),
+        (([np.zeros((4, 4, 4))], 8), {}),
+        (([np.zeros((8, 8), dtype=np.int64)], 0), {}),
+        (([np.zeros((8, 8), dtype=np.int64)], (4, 4, 4)), {}),
+        (([np.full((8, 8), 3)], 4), {"class_balanced": True, "num_classes": 2}),
+        (([np.zeros((8, 8), dtype=np.int64)], 4), {"class_balanced": True, "grid_step": 0}),
+    ],
+)
+def test_bad_arguments(args, kwargs):
+    with pytest.raises(ValueError):
+        TileSampler(*args, **kwargs)
