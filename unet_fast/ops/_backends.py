@@ -59,5 +59,9 @@ def output_memory_format(backend: str, like: torch.Tensor) -> torch.memory_forma
     """Layout of an op's output: always channels_last from Triton; from torch, the input's layout."""
     if backend == "triton":
         return torch.channels_last
-    channels_last = like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous()
+    # PyTorch's own rule (suggest_memory_format): channels_last strides, which for a single channel
+    # means a unit channel stride, as ``.to(memory_format=torch.channels_last)`` gives.
+    channels_last = like.is_contiguous(memory_format=torch.channels_last) and (
+        not like.is_contiguous() or like.dim() == 4 and like.stride(1) <= like.stride(3)
+    )
     return torch.channels_last if channels_last else torch.contiguous_format
