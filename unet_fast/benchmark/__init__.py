@@ -18,7 +18,9 @@ __all__ = ["main", "run", "validate", "check"]
 
 
 def _csv(text: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in text.split(",") if item.strip())
+    """Comma-separated names; "none" is the empty selection."""
+    items = tuple(item.strip() for item in text.split(",") if item.strip())
+    return () if items == ("none",) else items
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON (schema: unet_fast.benchmark.schema)")
     parser.add_argument("--plot", metavar="PATH", help="write a PNG plot of the speedups (needs matplotlib)")
     parser.add_argument("--providers", type=_csv, help=f"comma-separated subset of {','.join(PROVIDERS)}")
-    parser.add_argument("--modes", type=_csv, help=f"comma-separated subset of {','.join(MODES)}")
+    parser.add_argument("--modes", type=_csv, help=f"comma-separated subset of {','.join(MODES)}, or none (op scripts only)")
     parser.add_argument("--dtypes", type=_csv, help=f"comma-separated subset of {','.join(DTYPES)}")
     parser.add_argument("--shapes", type=_csv, help="comma-separated shape names (see unet_fast.benchmark.cases)")
     parser.add_argument("--no-ops", dest="ops", action="store_false", help="skip the op-level scripts in benchmarks/")

@@ -87,7 +87,7 @@ def make_plan(
     time_budget_s: float | None = None,
 ) -> Plan:
     """The cases for a device ("cpu" or "cuda") and preset; the optional tuples restrict them
-    (ValueError for unknown names)."""
+    (ValueError for unknown names; an empty ``modes`` runs no model case, only the op scripts)."""
     all_shapes = QUICK_SHAPES if quick else STANDARD_SHAPES
     known_shapes = {shape.name: shape for shape in QUICK_SHAPES + STANDARD_SHAPES}
     for name, chosen, allowed in (
@@ -99,18 +99,16 @@ def make_plan(
             raise ValueError(f"unknown {name} {unknown}; choose from {list(allowed)}")
     if shapes:
         all_shapes = tuple(known_shapes[name] for name in shapes)
-    if full:
-        compile_mode = "max-autotune" if device == "cuda" else "default"
-    else:
-        compile_mode = "default"
     on_cuda = device == "cuda"
+    compile_mode = "max-autotune" if full and on_cuda else "default"
     return Plan(
         device=device,
         quick=quick,
         full=full,
-        providers=tuple(providers or PROVIDERS),
-        modes=tuple(modes or MODES),
-        dtypes=tuple(dtypes or (("fp32",) if quick else DTYPES)),
+        providers=PROVIDERS if providers is None else tuple(providers),
+        modes=MODES if modes is None else tuple(modes),
+        # bf16 first on CUDA: it is the case that matters there, and a time budget cuts from the end.
+        dtypes=tuple(dtypes or (("fp32",) if quick else ("bf16", "fp32") if on_cuda else DTYPES)),
         shapes=all_shapes,
         compile_mode=compile_mode,
         warmup=3 if on_cuda else 2,

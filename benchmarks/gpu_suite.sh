@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# The GPU run in one command: builds the extension in place and runs one stage.
+#
+#   benchmarks/gpu_suite.sh STAGE OUTDIR
+#
+# STAGE:
+#   stamp       (run where .git exists, before copying the tree) writes COMMIT with `git rev-parse
+#               HEAD` (+ "-dirty"), so that results name their commit on a machine without .git
+#   build       only builds unet_fast._C in place for this GPU's architecture
+#   test        pytest tests/ on the GPU (GPU-marked tests and the rest), then compute-sanitizer
+#               memcheck on the small CUDA-kernel tests (a recorded skip where it is missing)
+#   bench       the benchmark suite (torch.compile in its default mode), model cases only
+#   bench-ops   the op-level benchmark scripts (benchmarks/bench_*.py) through the suite
+#   bench-full  the suite with torch.compile mode max-autotune, paper model at batch 8
+#
+# Each stage is sized to finish within 10 minutes on an H100: the suite gets a time budget
+# (SUITE_DEADLINE_S, default 450 s after the script started, minus what the build took) and
+# records the cases it had no time for as skipped. OUTDIR gets <stage>.log, the JSON and PNG of
+# the stage and summary.txt (one line per step: name, exit status, seconds).
+#
+# Needs on the machine: torch, triton, nvcc, pybind11, ninja, setuptools; no network, no .git.
+# PYTHON selects the interpreter (default python3); MAX_JOBS the compile jobs (default 16);
+# UNET_FAST_COMMIT overrides the recorded commit.
+set -uo pipefail
+
+STAGE=${1:-}
+OUTDIR=${2:-}
+if [[ -z "$STAGE" || ( -z "$OUTDIR" && "$STAGE" != stamp ) ]]; then
+  sed -n '2,25p' "$0" >&2
+  exit 2
+fi
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+PYTHON=${PYTHON:-python3}
+export MAX_JOBS=${MAX_JOBS:-16}
+SUITE_DEADLINE_S=${SUITE_DEADLINE_S:-450}
+
+if [[ "$STAGE" == stamp ]]; then
+  commit=$(git rev-parse HEAD) || exit 1
+  git diff --quiet HEAD -- || commit="$commit-dirty"
+  echo "$commit" > COMMIT
+  echo "wrote COMMIT: $commit"
+  exit 0
+fi
+
+mkdir -p "$OUTDIR"
+OUTDIR=$(cd "$OUTDIR" && pwd)
+LOG="$OUTDIR/$STAGE.log"
+SUMMARY="$OUTDIR/summary.txt"
+: > "$LOG"
+
+# step NAME COMMAND...: runs COMMAND with output into the stage log, records status and time.
+step() {
+  local name=$1 started=$SECONDS status
+  shift
+  echo "=== $name: $*" | tee -a "$LOG"
+  "$@" 2>&1 | tee -a "$LOG"
+  status=${PIPESTATUS[0]}
+  echo "$STAGE/$name $status $((SECONDS - started))s" | tee -a "$SUMMARY" "$LOG"
+  return "$status"
+}
+
+record_skip() {
+  echo "$STAGE/$1 skipped: $2" | tee -a "$SUMMARY" "$LOG"
+}
+
+build() {
+  # Only this GPU's architecture: the full sm_80 + sm_90 build is checked elsewhere (make test).
+  local arch
+  arch=$("$PYTHON" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())") || return 1
+  TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$arch} UNET_FAST_FORCE_CUDA=1 \
+    "$PYTHON" setup.py build_ext --inplace || return 1
+  "$PYTHON" -c "import unet_fast, json; info = unet_fast.build_info(); print(json.dumps(info)); \
+assert info['extension'] and info['cuda_kernels'], 'the CUDA extension did not load'"
+}
+
+suite() {
+  local budget=$((SUITE_DEADLINE_S - SECONDS))
+  (( budget < 60 )) && budget=60
+  "$PYTHON" -m unet_fast.benchmark --device cuda --time-budget "$budget" "$@"
+}
+
+if [[ -z "${UNET_FAST_COMMIT:-}" && ! -d .git && ! -s COMMIT && ! -s unet_fast/_commit.txt ]]; then
+  echo "warning: no .git, UNET_FAST_COMMIT, COMMIT or unet_fast/_commit.txt: results will not name a commit" \
+    "(run 'benchmarks/gpu_suite.sh stamp' before copying the tree)" | tee -a "$LOG"
+fi
+"$PYTHON" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name())" \
+  2>&1 | tee -a "$LOG" || { echo "gpu_suite: no usable CUDA device" | tee -a "$SUMMARY"; exit 1; }
+
+step build build || exit 1
+case "$STAGE" in
+  build) ;;
+  test)
+    failed=0
+    step pytest timeout 420 "$PYTHON" -m pytest -q -rs -p no:cacheprovider tests \
+      --junitxml "$OUTDIR/pytest.xml" || failed=1
+    SANITIZER=$(command -v compute-sanitizer || ls "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer" 2>/dev/null)
+    if [[ -n "$SANITIZER" ]]; then
+      kernel_tests=(tests/ops/test_crop_concat.py)
+      for extra in tests/ops/test_elastic*.py; do [[ -f "$extra" ]] && kernel_tests+=("$extra"); done
+      # Without the caching allocator every tensor is its own allocation, so memcheck sees its bounds.
+      export PYTORCH_NO_CUDA_MEMORY_CACHING=1
+      step memcheck timeout 150 "$SANITIZER" --tool memcheck --error-exitcode 99 \
+        "$PYTHON" -m pytest -q -p no:cacheprovider -m gpu "${kernel_tests[@]}" || failed=1
+      unset PYTORCH_NO_CUDA_MEMORY_CACHING
+    else
+      record_skip memcheck "compute-sanitizer not found on PATH or in ${CUDA_HOME:-/usr/local/cuda}/bin"
+    fi
+    exit $failed
+    ;;
+  bench)
+    step suite suite --no-ops --json "$OUTDIR/bench.json" --plot "$OUTDIR/bench.png"
+    ;;
+  bench-ops)
+    step suite suite --modes none --json "$OUTDIR/bench-ops.json"
+    ;;
+  bench-full)
+    step suite suite --full --no-ops --shapes paper-572-b8 --modes forward,train-step \
+      --json "$OUTDIR/bench-full.json" --plot "$OUTDIR/bench-full.png"
+    ;;
+  *)
+    echo "unknown stage '$STAGE' (stamp, build, test, bench, bench-ops, bench-full)" | tee -a "$LOG" >&2
+    exit 2
+    ;;
+esac
