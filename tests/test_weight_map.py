@@ -134,3 +134,21 @@ def test_bad_inputs_raise(kwargs, error):
 def test_border_distances_rejects_bad_radius():
     with pytest.raises(ValueError, match="max_distance"):
         border_distances(np.zeros((3, 3), dtype=np.int64), -1.0)
+
+
+def test_benchmark_script_runs_and_agrees_with_scipy(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_weight_map.py"
+    spec = importlib.util.spec_from_file_location("bench_weight_map", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+    try:
+        result = bench.main(["--size", "96", "--cell-size", "24", "--repeats", "1", "--json", str(tmp_path / "r.json")])
+    finally:
+        torch.set_num_threads(threads)
+    assert result["cells"] > 5 and result["max_abs_difference"] < 1e-5
+    assert json.loads((tmp_path / "r.json").read_text())["speedup"] == result["speedup"]
