@@ -65,8 +65,10 @@ def elastic_warp(
 def warp(image, displacement, *, label, weight, affine, interpolation, padding_mode, out_size, offset, intensity,
          check_finite: bool, always_tuple: bool):
     """elastic_warp with two switches for callers that build their own parameters (the augmentation):
-    ``check_finite=False`` skips the finiteness checks (each is a device synchronisation on CUDA),
+    ``check_finite=False`` skips the finiteness checks (each is a device synchronisation on CUDA;
+    they are skipped under torch.compile too, where they would be data-dependent branches),
     ``always_tuple=True`` returns (image, label, weight) even without label and weight."""
+    check_finite = check_finite and not torch.compiler.is_compiling()
     check_tensor("image", image, dtypes=FLOAT_DTYPES + INTEGER_DTYPES)
     integer_image = image.dtype in INTEGER_DTYPES
     if integer_image and image.dim() == 3:
