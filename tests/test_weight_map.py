@@ -152,3 +152,8 @@ def test_benchmark_script_runs_and_agrees_with_scipy(tmp_path):
         torch.set_num_threads(threads)
     assert result["cells"] > 5 and result["max_abs_difference"] < 1e-5
     assert json.loads((tmp_path / "r.json").read_text())["speedup"] == result["speedup"]
+
+
+def test_opcheck_schema_and_fake_kernel(small_sample):
+    _, instances = small_sample
+    torch.library.opcheck(torch.ops.unet_fast.border_distances, (torch.from_numpy(instances[:40, :40])[None], 10.0))
