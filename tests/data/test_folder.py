@@ -143,3 +143,15 @@ def test_isbi2012_loads_out_of_the_box():
     assert image.shape == (1, 512, 512) and label.shape == (512, 512)
     assert set(label.unique().tolist()) == {0, 1}
     assert 0.6 < label.float().mean() < 0.9  # mostly cell (1), membrane (0) about 22%
+
+
+def test_palette_png_gives_colors_for_images_and_indices_for_labels(tmp_path):
+    indices = _label(values=(0, 1, 2))
+    palette = Image.fromarray(indices, mode="P")
+    palette.putpalette([0, 0, 0, 200, 10, 10, 10, 200, 10] + [0] * 759)
+    palette.save(tmp_path / "p.png")
+    (label,) = read_label(tmp_path / "p.png", num_classes=3)
+    np.testing.assert_array_equal(label, indices)
+    (image,) = read_image(tmp_path / "p.png")
+    assert image.shape == (3, 6, 7)
+    np.testing.assert_allclose(image[:, indices == 1].T, np.tile([200 / 255, 10 / 255, 10 / 255], ((indices == 1).sum(), 1)), rtol=1e-6)

@@ -31,12 +31,16 @@ SUPPORTED_SUFFIXES = PNG_SUFFIXES + TIFF_SUFFIXES
 NORMALIZE_MODES = ("dtype", "minmax")
 
 
-def _read_png(path: Path) -> list[np.ndarray]:
+def _read_png(path: Path, palette_indices: bool) -> list[np.ndarray]:
     from PIL import Image
 
     with Image.open(path) as image:
-        if image.mode in ("LA", "PA"):
-            image = image.convert("L") if image.mode == "LA" else image.convert("RGB")
+        if image.mode in ("P", "PA") and not palette_indices:
+            image = image.convert("RGB")
+        elif image.mode == "PA":
+            image = image.getchannel(0)  # the indices
+        elif image.mode == "LA":
+            image = image.convert("L")
         elif image.mode == "RGBA":
             image = image.convert("RGB")
         elif image.mode not in ("1", "L", "P", "RGB", "F") and not image.mode.startswith("I"):
@@ -57,14 +61,17 @@ def _read_tiff(path: Path) -> list[np.ndarray]:
     return pages
 
 
-def read_pages(path) -> list[np.ndarray]:
-    """The raw pages of a PNG or TIFF file: arrays (H, W) or (H, W, S); ValueError naming the file."""
+def read_pages(path, *, palette_indices: bool = False) -> list[np.ndarray]:
+    """The raw pages of a PNG or TIFF file: arrays (H, W) or (H, W, S); ValueError naming the file.
+
+    A palette PNG gives its RGB colors, or with ``palette_indices`` its indices (for label maps).
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise ValueError(f"{path}: unsupported file type {path.suffix!r} (supported: {', '.join(SUPPORTED_SUFFIXES)})")
     try:
-        pages = _read_png(path) if suffix in PNG_SUFFIXES else _read_tiff(path)
+        pages = _read_png(path, palette_indices) if suffix in PNG_SUFFIXES else _read_tiff(path)
     except Exception as error:  # pillow and tifffile raise many types for damaged files
         raise ValueError(f"{path}: cannot read the image ({type(error).__name__}: {error})") from error
     if not pages:
@@ -147,7 +154,7 @@ def label_to_classes(page: np.ndarray, path, num_classes: int) -> np.ndarray:
 
 def read_label(path, num_classes: int = 2) -> list[np.ndarray]:
     """Every page of a label file as int64 (H, W) class ids."""
-    return [label_to_classes(page, path, num_classes) for page in read_pages(path)]
+    return [label_to_classes(page, path, num_classes) for page in read_pages(path, palette_indices=True)]
 
 
 def list_image_files(directory) -> dict[str, Path]:
