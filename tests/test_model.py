@@ -339,3 +339,27 @@ def test_no_cuda_means_auto_is_torch():
     if HAS_CUDA:
         pytest.skip("checks the CPU default")
     assert set(UNet(depth=2, base_channels=4).backend_summary().values()) == {"fused (torch)"}
+
+
+# --- the block ops themselves -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_block_ops_pass_opcheck(recompute):
+    torch.manual_seed(0)
+
+    def leaf(*shape):
+        return torch.randn(*shape).requires_grad_()
+
+    image, pooled_source = leaf(1, 2, 14, 14), leaf(1, 3, 20, 20)
+    pooled = torch.nn.functional.max_pool2d(pooled_source, 2).detach().requires_grad_()
+    w1, b1, w2, b2 = leaf(4, 2, 3, 3), leaf(4), leaf(4, 4, 3, 3), leaf(4)
+    ops = torch.ops.unet_fast
+    torch.library.opcheck(ops._encoder_block.default, (image, None, w1, b1, w2, b2, True, recompute, "torch"))
+    w1p = leaf(4, 3, 3, 3)
+    torch.library.opcheck(ops._encoder_block.default, (pooled_source, pooled, w1p, None, w2, b2, False, recompute,
+                                                       "torch"))
+    low, skip = leaf(1, 6, 5, 5), leaf(1, 3, 12, 12)
+    up_w, up_b, dw1, dw2 = leaf(6, 3, 2, 2), leaf(3), leaf(3, 6, 3, 3), leaf(3, 3, 3, 3)
+    torch.library.opcheck(ops._decoder_block.default, (low, skip, up_w, up_b, dw1, leaf(3), dw2, leaf(3), recompute,
+                                                       "torch"))
+    torch.library.opcheck(ops._head.default, (skip, leaf(2, 3, 1, 1), leaf(2), "torch"))

@@ -50,9 +50,9 @@ def dot_precision(device: torch.device, dtype: torch.dtype) -> str:
     exactly when cuDNN convolutions may use it, IEEE otherwise (fp16/bf16 ignore it)."""
     if torch.device(device).type != "cuda" or dtype != torch.float32:
         return "ieee"
-    precision = getattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision", None)
-    allowed = precision == "tf32" if precision not in (None, "none") else torch.backends.cudnn.allow_tf32
-    return "tf32" if allowed else "ieee"
+    from unet_fast.ops.conv3x3 import conv_allows_tf32  # the one rule, shared with the fused 3x3 conv
+
+    return "tf32" if conv_allows_tf32() else "ieee"
 
 
 def output_memory_format(backend: str, like: torch.Tensor) -> torch.memory_format:
