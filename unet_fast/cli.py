@@ -160,10 +160,28 @@ def _image_paths(inputs: list[str]) -> list[Path]:
     return paths
 
 
-def _run_predict(args) -> int:
+def _write_labels(path: Path, labels) -> None:
+    """(H, W) class ids as an 8-bit PNG (16-bit for more than 256 classes)."""
     import numpy as np
+    from PIL import Image
 
-    from unet_fast import io
+    array = labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16)
+    Image.fromarray(array).save(path)
+
+
+def _write_probabilities(path: Path, probs) -> None:
+    """(K, H, W) float32 probabilities as a K-page TIFF."""
+    try:
+        import tifffile
+    except ImportError:
+        raise UsageError("--probs needs the 'tifffile' package: pip install tifffile") from None
+    tifffile.imwrite(path, probs)
+
+
+def _run_predict(args) -> int:
+    import torch
+
+    from unet_fast.data import read_image
     from unet_fast.inference import predict_tiled
     from unet_fast.train import load_model, resolve_device
 
@@ -173,19 +191,25 @@ def _run_predict(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for path in paths:
-        image = io.read_image(path)  # (C, H, W) float32 in [0, 1]
-        if image.shape[0] != model.in_channels:
-            raise UsageError(f"{path} has {image.shape[0]} channel(s) but the model was trained on {model.in_channels}")
-        probs, labels = predict_tiled(model, image.to(device), tile_size=args.tile_size, batch_size=args.batch_size, tta=args.tta)
-        io.write_labels(out / f"{path.stem}.png", labels.cpu().numpy().astype(np.uint8))
-        if args.probs:
-            io.write_probabilities(out / f"{path.stem}_probs.tif", probs.cpu().numpy().astype(np.float32))
-        print(f"{path} -> {out / (path.stem + '.png')}")
+        pages = read_image(path)  # (C, H, W) float32 in [0, 1] per page
+        for page, array in enumerate(pages):
+            stem = path.stem if len(pages) == 1 else f"{path.stem}_{page:03d}"
+            image = torch.from_numpy(array)
+            if image.shape[0] != model.in_channels:
+                raise UsageError(f"{path} has {image.shape[0]} channel(s) but the model was trained on {model.in_channels}")
+            probs, labels = predict_tiled(model, image.to(device), tile_size=args.tile_size,
+                                          batch_size=args.batch_size, tta=args.tta)
+            _write_labels(out / f"{stem}.png", labels.cpu().numpy())
+            if args.probs:
+                _write_probabilities(out / f"{stem}_probs.tif", probs.cpu().numpy())
+            print(f"{path} -> {out / (stem + '.png')}")
     return 0
 
 
 def _run_evaluate(args) -> int:
-    from unet_fast import io
+    import torch
+
+    from unet_fast.data import read_label
     from unet_fast.train import segmentation_metrics
 
     pred_dir, label_dir = Path(args.pred), Path(args.labels)
@@ -203,7 +227,8 @@ def _run_evaluate(args) -> int:
     totals: dict[str, float] = {}
     print(f"{'image':24s} pixel_error   iou     dice    rand_error")
     for stem in common:
-        pred, truth = io.read_labels(preds[stem]), io.read_labels(truths[stem])
+        pred = torch.from_numpy(read_label(preds[stem])[0])
+        truth = torch.from_numpy(read_label(truths[stem])[0])
         if pred.shape != truth.shape:
             raise UsageError(f"{preds[stem]} is {tuple(pred.shape)} but {truths[stem]} is {tuple(truth.shape)}")
         scores = segmentation_metrics(pred, truth, foreground=args.foreground)

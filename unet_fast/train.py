@@ -356,32 +356,43 @@ class TrainingTiles:
     """Draws training batches: image tiles (B, C, T, T) with their labels and loss weights (B, O, O)
     for the model's output window, from images mirror-padded by the network's context margin.
 
+    Output windows come from ``unet_fast.data.TileSampler`` (uniform, or class-balanced with
+    ``balanced_sampling``); its generator is seeded per DDP rank, so ranks draw different tiles.
     Weight maps are computed once per image (the paper's w(x), on the full label map, so cells cut
     by a tile edge keep their true distances). With augmentation, ``unet_fast.augment.ElasticAugment``
     warps image, labels and weights together on the device.
     """
 
-    def __init__(self, train, config: TrainConfig, device: torch.device):
+    def __init__(self, train, config: TrainConfig, device: torch.device, rank: int = 0):
+        from unet_fast.data import TileSampler
         from unet_fast.inference import context_margin, mirror_pad
         from unet_fast.weight_map import weight_map
 
         self.config, self.device = config, device
         self.tile = shapes.largest_valid_input_size(config.tile_size, config.depth, config.padding)
-        self.margin = context_margin(config.depth, config.padding)
-        self.out = shapes.output_size(self.tile, config.depth, config.padding) if config.padding == "valid" else self.tile
+        self.out = shapes.output_size(self.tile, config.depth, config.padding)
+        pad = (self.tile - self.out) // 2
         class_weights = config.class_weights if config.class_weights is not None else ("balanced" if config.class_balance else None)
-        images, labels = train.images.float(), train.labels.long()
-        weights = weight_map(labels, num_classes=train.num_classes, instances=train.instances,
-                             w0=config.w0, sigma=config.sigma, class_weights=class_weights)
-        pad = self.margin if config.padding == "valid" else 0
-        self.images = mirror_pad(mirror_pad(images, pad, pad, -2), pad, pad, -1).to(device)
-        self.labels, self.weights = labels.to(device), weights.to(device)
-        self.height, self.width = labels.shape[-2:]
-        if min(self.height, self.width) < self.out:
-            raise ValueError(
-                f"training images are {self.height}x{self.width}, smaller than the {self.out} px output "
-                f"window of {self.tile} px tiles: choose a smaller --tile-size"
-            )
+        instances = train.instances if train.instances is not None else [None] * len(train.labels)
+        self.images, self.labels, self.weights = [], [], []
+        for name, image, label, cells in zip(train.names, train.images, train.labels, instances):
+            if min(label.shape) < self.out:
+                raise ValueError(
+                    f"training image {name} is {label.shape[0]}x{label.shape[1]}, smaller than the {self.out} px "
+                    f"output window of {self.tile} px tiles: choose a smaller --tile-size"
+                )
+            weights = weight_map(label.long(), num_classes=train.num_classes, instances=cells,
+                                 w0=config.w0, sigma=config.sigma, class_weights=class_weights)
+            def padded(t):
+                return mirror_pad(mirror_pad(t[None].float(), pad, pad, -2), pad, pad, -1)[0].to(device)
+
+            # Labels and weights are mirrored like the image, so augmentation can warp the whole tile.
+            self.images.append(padded(image))
+            self.labels.append(padded(label).long())
+            self.weights.append(padded(weights))
+        self.pad = pad
+        self.sampler = TileSampler(list(train.labels), self.out, num_classes=train.num_classes,
+                                   class_balanced=config.balanced_sampling, seed=config.seed * 1000 + rank)
         self.augment = None
         if config.augment:
             from unet_fast.augment import ElasticAugment
@@ -390,17 +401,24 @@ class TrainingTiles:
 
     def batch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(tiles (B, C, T, T), labels (B, O, O) int64, weights (B, O, O) float32) on the device."""
-        count, _, _, _ = self.images.shape
-        index = torch.randint(count, (self.config.batch_size,), generator=generator)
-        # Output windows anywhere in the image (clamped to fit): the tile sees their context.
-        tops = torch.randint(max(1, self.height - self.out + 1), (self.config.batch_size,), generator=generator)
-        lefts = torch.randint(max(1, self.width - self.out + 1), (self.config.batch_size,), generator=generator)
         tiles, labels, weights = [], [], []
-        for i, top, left in zip(index.tolist(), tops.tolist(), lefts.tolist()):
-            tiles.append(self.images[i, :, top : top + self.tile, left : left + self.tile])
-            labels.append(self.labels[i, top : top + self.out, left : left + self.out])
-            weights.append(self.weights[i, top : top + self.out, left : left + self.out])
-        return torch.stack(tiles), torch.stack(labels), torch.stack(weights)
+        for _ in range(self.config.batch_size):
+            where = self.sampler.sample()
+            window = (slice(where.top, where.top + self.tile), slice(where.left, where.left + self.tile))
+            tiles.append(self.images[where.index][(slice(None), *window)])
+            labels.append(self.labels[where.index][window])
+            weights.append(self.weights[where.index][window])
+        tiles, labels, weights = torch.stack(tiles), torch.stack(labels), torch.stack(weights)
+        if self.augment is not None:
+            tiles, labels, weights = self.augment(tiles, labels, weights, generator=generator)
+        inner = (slice(None), slice(self.pad, self.pad + self.out), slice(self.pad, self.pad + self.out))
+        return tiles, labels[inner].contiguous(), weights[inner].contiguous()
+
+    def state_dict(self) -> dict:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state)
 
 
 # --- the loop ---------------------------------------------------------------------------------------
@@ -429,15 +447,17 @@ def _distributed(device: torch.device) -> tuple[int, int, torch.device]:
     return dist.get_rank(), dist.get_world_size(), device
 
 
-def _rng_state(generator: torch.Generator, device: torch.device) -> dict:
-    state = {"torch": ckpt.encode_rng(torch.get_rng_state()), "data": ckpt.encode_rng(generator.get_state())}
+def _rng_state(generator: torch.Generator, device: torch.device, data: TrainingTiles) -> dict:
+    state = {"torch": ckpt.encode_rng(torch.get_rng_state()), "data": ckpt.encode_rng(generator.get_state()),
+             "tiles": data.state_dict()}
     if device.type == "cuda":
         state["cuda"] = ckpt.encode_rng(torch.cuda.get_rng_state(device))
     return state
 
 
-def _set_rng_state(state: dict, generator: torch.Generator, device: torch.device) -> None:
+def _set_rng_state(state: dict, generator: torch.Generator, device: torch.device, data: TrainingTiles) -> None:
     torch.set_rng_state(ckpt.decode_rng(state["torch"]))
+    data.load_state_dict(state["tiles"])
     generator.set_state(ckpt.decode_rng(state["data"]))
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(ckpt.decode_rng(state["cuda"]), device)
@@ -447,7 +467,9 @@ def segmentation_metrics(prediction: torch.Tensor, truth: torch.Tensor, foregrou
     """Pixel error, foreground IoU and Dice, adapted Rand error of one (H, W) label map."""
     from unet_fast import metrics
 
-    return metrics.segmentation_metrics(prediction, truth, foreground=foreground)
+    scores = metrics.segmentation_metrics(prediction, truth, foreground=foreground)
+    return dict(pixel_error=scores["pixel_error"], iou=scores["foreground_iou"], dice=scores["foreground_dice"],
+                rand_error=scores["rand_error"])
 
 
 def validate(model: nn.Module, val, config: TrainConfig, device: torch.device) -> dict[str, float]:
@@ -500,7 +522,7 @@ def train(config: TrainConfig) -> dict:
     model.to(device)
     optimizer = build_optimizer(config, model.parameters())
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
-    data = TrainingTiles(train_set, config, device)
+    data = TrainingTiles(train_set, config, device, rank)
     generator = torch.Generator().manual_seed(config.seed * 1000 + rank)
     torch.manual_seed(config.seed * 1000 + rank)  # dropout differs per rank
     start = 0
@@ -510,7 +532,7 @@ def train(config: TrainConfig) -> dict:
         optimizer.load_state_dict(optimizer_state)
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"][rank], generator, device)
+        _set_rng_state(state["rng"][rank], generator, device, data)
         start, elapsed_before = state["step"], state.get("elapsed_s", 0.0)
     else:
         elapsed_before = 0.0
@@ -572,7 +594,7 @@ def train(config: TrainConfig) -> dict:
             log.add(row)
             log.write()
         if done % config.checkpoint_interval == 0 or done == config.steps:
-            rng = _rng_state(generator, device)
+            rng = _rng_state(generator, device, data)
             if world > 1:
                 gathered = [None] * world
                 dist.all_gather_object(gathered, rng)
