@@ -363,3 +363,22 @@ def test_block_ops_pass_opcheck(recompute):
     torch.library.opcheck(ops._decoder_block.default, (low, skip, up_w, up_b, dw1, leaf(3), dw2, leaf(3), recompute,
                                                        "torch"))
     torch.library.opcheck(ops._head.default, (skip, leaf(2, 3, 1, 1), leaf(2), "torch"))
+
+
+def test_triton_backend_under_fp16_autocast_within_twice_pytorchs_error():
+    # fp16, not bf16: the Triton interpreter computes bf16 wrongly (tests/conftest.py).
+    reference, fast = _pair(backend="triton", depth=3, base_channels=4, dropout=0.0)
+    reference.to(TRITON_DEVICE), fast.to(TRITON_DEVICE)
+    x = _input(reference, device=TRITON_DEVICE)
+    exact_out, exact_grads = _grads(reference.double(), x.double(), lambda out: _fixed_grad(out).to(out))
+    reference.float()
+    with torch.autocast(x.device.type, dtype=torch.float16):
+        ref_out, ref_grads = _grads(reference, x, lambda out: _fixed_grad(out).to(out))
+        out, grads = _grads(fast, x, lambda out: _fixed_grad(out).to(out))
+    assert out.dtype == torch.float16 and all(g.dtype == torch.float32 for g in grads)
+    for name, got, theirs, exact in zip(["output", "input", *dict(reference.named_parameters())],
+                                        [out, *grads], [ref_out, *ref_grads], [exact_out, *exact_grads]):
+        scale = exact.abs().max().item()
+        own_error = (theirs.double() - exact).abs().max().item()
+        # Twice PyTorch's own fp16 error, floored at an fp16 ulp of the tensor's scale.
+        assert (got.double() - exact).abs().max().item() <= 2 * own_error + scale * 2**-10, name
