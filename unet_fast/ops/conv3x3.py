@@ -78,9 +78,12 @@ def conv3x3_relu(
         pool=True; channels_last, x's dtype. Differentiable in x, skip, weight and bias. fp32 inputs
         use TF32 exactly when PyTorch's convolution would (``conv_allows_tf32()``).
     """
-    _validate(x, weight, bias, skip, relu, pool, backend)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_tensor("x", x, dim=4, dtypes=_ALL_DTYPES)
     if backend == "auto":
         backend = "triton" if x.device.type == "cuda" and _kernels is not None and x.dtype in TRITON_DTYPES else "torch"
+    _validate(x, weight, bias, skip, relu, pool, backend)
     if backend == "torch":
         return _torch_composite(x, weight, bias, skip, relu, pool)
     if not _runs_triton(x):
@@ -96,8 +99,6 @@ def conv3x3_relu(
 
 
 def _validate(x, weight, bias, skip, relu, pool, backend) -> None:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     for name, flag in (("relu", relu), ("pool", pool)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")

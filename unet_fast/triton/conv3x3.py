@@ -24,6 +24,7 @@ Public launchers (used by ``unet_fast.ops.conv3x3`` and by models writing their 
 """
 from __future__ import annotations
 
+import inspect
 import os
 
 import torch
@@ -555,3 +556,62 @@ def conv3x3_backward(
         if need_bias:
             grad_bias = partial_b.sum(0).to(weight.dtype)
     return (grad_x if need_x else None), grad_skip, grad_weight, grad_bias
+
+
+# --------------------------------------------------------------------------------------------
+# Ahead-of-time check: every autotune configuration, for each operand precision
+# --------------------------------------------------------------------------------------------
+
+# precision -> (element type of every tensor, INPUT_PRECISION of the dots)
+_AOT_PRECISIONS = {"fp16": ("fp16", "ieee"), "bf16": ("bf16", "ieee"), "tf32": ("fp32", "tf32"), "fp32": ("fp32", "ieee")}
+
+
+def _aot_signature(fn, element: str, fp32_pointers=()) -> dict:
+    """Triton types of the kernel's arguments, read from its Python signature (which works for the
+    interpreter's wrapper too): constexpr annotations, pointers named *_ptr, the rest int32."""
+    signature = {}
+    for name, param in inspect.signature(fn.fn).parameters.items():
+        if "constexpr" in str(param.annotation):
+            signature[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            signature[name] = "*fp32" if name in fp32_pointers else f"*{element}"
+        else:
+            signature[name] = "i32"
+    return signature
+
+
+def _register_configs() -> None:
+    kernels = (
+        # name, fn, tile names, 16-bit tiles, 32-bit tiles, flag sets (first = the main one), fp32 pointers
+        ("conv3x3_fwd", _conv3x3_fwd_kernel, _GEMM_NAMES, _GEMM_TILES_16, _GEMM_TILES_32,
+         ({"HAS_SKIP": True, "HAS_BIAS": True, "RELU": True, "POOL": True},
+          {"HAS_SKIP": False, "HAS_BIAS": True, "RELU": True, "POOL": False}), ()),
+        ("conv3x3_dgrad", _conv3x3_dgrad_kernel, _GEMM_NAMES, _GEMM_TILES_16, _GEMM_TILES_32,
+         ({"HAS_SKIP": True, "MASK_RELU": True}, {"HAS_SKIP": False, "MASK_RELU": False}), ()),
+        ("conv3x3_wgrad", _conv3x3_wgrad_kernel, _WGRAD_NAMES, _WGRAD_TILES_16, _WGRAD_TILES_32,
+         ({"HAS_SKIP": True, "MASK_RELU": True, "BIAS_GRAD": True},
+          {"HAS_SKIP": False, "MASK_RELU": False, "BIAS_GRAD": False}), ("grad_w_ptr", "grad_b_ptr")),
+    )
+    for precision, (element, input_precision) in _AOT_PRECISIONS.items():
+        for name, fn, tile_names, tiles_16, tiles_32, flag_sets, fp32_pointers in kernels:
+            tiles = tiles_16 if element != "fp32" else tiles_32
+            signature = _aot_signature(fn, element, fp32_pointers)
+            variants = [(tile, flag_sets[0]) for tile in tiles] + [(tiles[0], flags) for flags in flag_sets[1:]]
+            for tile, flags in variants:
+                constexprs = {**dict(zip(tile_names, tile[:3])), **flags, "INPUT_PRECISION": input_precision}
+                register(KernelConfig(
+                    kernel=name, fn=fn, signature=signature, constexprs=constexprs, precision=precision,
+                    block_m=tile[0], num_warps=tile[3], num_stages=tile[4],
+                    label=" ".join(f"{k}={v}" for k, v in constexprs.items() if k != "INPUT_PRECISION")
+                    + f" w={tile[3]} s={tile[4]}",
+                ))
+        if precision != "tf32":  # the pool-gradient pass has no dot: one entry per element type
+            register(KernelConfig(
+                kernel="conv3x3_pool_relu_grad", fn=_pool_relu_grad_kernel,
+                signature=_aot_signature(_pool_relu_grad_kernel, element),
+                constexprs={"HAS_GRAD_Y": True, "RELU": True, **_POOL_GRAD_BLOCK}, precision=precision,
+                uses_dot=False, num_warps=4, num_stages=1,
+            ))
+
+
+_register_configs()
