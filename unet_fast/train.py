@@ -91,7 +91,7 @@ class TrainConfig:
         c = dataclasses.replace(self)
         if c.tile_size is None:
             c.tile_size = GPU_TILE_SIZE if device.type == "cuda" else CPU_TILE_SIZE
-        if c.lr is None:
+        if c.lr is None and c.optimizer in DEFAULT_LR:
             c.lr = DEFAULT_LR[c.optimizer]
         if c.checkpoint_interval is None:
             c.checkpoint_interval = c.val_interval

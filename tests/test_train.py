@@ -1,0 +1,100 @@
+"""The trainer on tiny CPU settings: exact resume, checkpoints, run directory, DDP with gloo."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from unet_fast import checkpoint as ckpt
+from unet_fast.train import TrainConfig, learning_rate, train
+
+TINY = dict(data="synthetic", base_channels=4, depth=3, tile_size=76, synthetic_images=3, synthetic_size=96,
+            val_images=1, val_interval=2, log_interval=1, device="cpu", progress=False)
+
+
+def final_weights(run_dir, step):
+    return load_file(str(run_dir / "checkpoints" / f"step_{step:08d}" / "model.safetensors"))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_resume_equals_uninterrupted_training(tmp_path, optimizer):
+    """Momentum/Adam buffers, the tile sampler, augmentation and dropout RNG all resume exactly."""
+    whole = train(TrainConfig(out=str(tmp_path / "whole"), steps=4, optimizer=optimizer, **TINY))
+    train(TrainConfig(out=str(tmp_path / "split"), steps=2, optimizer=optimizer, **TINY))
+    resumed = train(TrainConfig(out=str(tmp_path / "split"), steps=4, optimizer=optimizer, resume=True, **TINY))
+    a, b = final_weights(tmp_path / "whole", 4), final_weights(tmp_path / "split", 4)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert resumed["loss"] == whole["loss"]
+    rows = json.loads((tmp_path / "split" / "metrics.json").read_text())
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+
+
+def test_run_directory_contents(tmp_path):
+    out = tmp_path / "run"
+    summary = train(TrainConfig(out=str(out), steps=2, **TINY))
+    assert {"config.json", "metrics.csv", "metrics.json", "loss.png", "checkpoints"} <= {p.name for p in out.iterdir()}
+    assert set(summary["validation"]) == {"pixel_error", "iou", "dice", "rand_error"}
+    model_state, optimizer_state, state = ckpt.load_checkpoint(out)
+    assert state["step"] == 2 and state["model_config"]["depth"] == 3
+    assert any("momentum_buffer" in entry for entry in optimizer_state["state"].values())
+    with pytest.raises(ValueError, match="--resume"):
+        train(TrainConfig(out=str(out), steps=2, **TINY))
+
+
+def test_learning_rate_schedules():
+    config = TrainConfig(steps=100, lr=0.1, warmup_steps=10, lr_schedule="cosine")
+    assert learning_rate(config, 0) == pytest.approx(0.01)
+    assert learning_rate(config, 10) == pytest.approx(0.1)
+    assert learning_rate(config, 99) < 0.001
+    poly = TrainConfig(steps=100, lr=0.1, lr_schedule="poly")
+    assert learning_rate(poly, 50) == pytest.approx(0.1 * 0.5**0.9)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [(dict(optimizer="rmsprop"), "optimizer"), (dict(steps=0), "steps"), (dict(tile_size=20), "tile_size"),
+     (dict(data="/nonexistent/dir"), "synthetic"), (dict(lr=-1.0), "lr")],
+)
+def test_bad_options_raise(tmp_path, change, message):
+    with pytest.raises(ValueError, match=message):
+        train(TrainConfig(out=str(tmp_path / "run"), **{**TINY, "steps": 1, **change}))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without a GPU")
+def test_cuda_without_gpu_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        train(TrainConfig(out=str(tmp_path / "run"), steps=1, **dict(TINY, device="cuda")))
+
+
+def test_checkpoint_optimizer_roundtrip():
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    tensors, rest = ckpt.split_optimizer_state(optimizer.state_dict())
+    fresh = torch.optim.AdamW(torch.nn.Linear(3, 2).parameters(), lr=0.1)
+    fresh.load_state_dict(ckpt.join_optimizer_state(tensors, json.loads(json.dumps(rest))))
+    for a, b in zip(optimizer.state_dict()["state"].values(), fresh.state_dict()["state"].values()):
+        for key in a:
+            assert torch.equal(torch.as_tensor(a[key]), torch.as_tensor(b[key]))
+
+
+def test_ddp_gloo_two_processes(tmp_path):
+    """torchrun with 2 CPU processes: rank 0 writes the run; the ranks' replicas stay identical."""
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+               "-m", "unet_fast", "train", "--data", "synthetic", "--out", str(out), "--steps", "2",
+               "--base-channels", "2", "--depth", "3", "--tile-size", "60", "--synthetic-images", "2",
+               "--synthetic-size", "64", "--val-images", "1", "--val-interval", "2", "--device", "cpu", "--no-progress"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=180, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, _, state = ckpt.load_checkpoint(out)
+    assert state["step"] == 2 and len(state["rng"]) == 2
+    assert state["rng"][0]["tiles"] != state["rng"][1]["tiles"]  # ranks draw different tiles
+    assert (out / "metrics.csv").is_file()
