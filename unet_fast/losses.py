@@ -62,6 +62,7 @@ def weighted_cross_entropy(
     *,
     class_weights: Sequence[float] | torch.Tensor | None = None,
     reduction: str = "mean",
+    check_target_range: bool = True,
 ) -> torch.Tensor:
     """Pixel-wise weighted softmax cross-entropy.
 
@@ -71,13 +72,15 @@ def weighted_cross_entropy(
         weight_map: optional (N, H, W) per-pixel weights w(x) >= 0.
         class_weights: optional K per-class weights c.
         reduction: "mean" (weighted mean, sum(w c ce) / sum(w c)), "sum" or "none".
+        check_target_range: raise a ValueError for target values outside [0, K); costs one device
+            synchronisation on a GPU (without it, CUDA reports bad targets as a device-side assert).
     Returns:
         a scalar float32 (or float64 for float64 logits), or (N, H, W) with "none".
     """
     _check_logits_target(logits, target)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if target.numel() and (target.min() < 0 or target.max() >= logits.shape[1]):
+    if check_target_range and target.numel() and (target.min() < 0 or target.max() >= logits.shape[1]):
         raise ValueError(f"target values must be class ids in [0, {logits.shape[1] - 1}]")
     compute_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     per_pixel = F.cross_entropy(logits.to(compute_dtype), target, reduction="none")
