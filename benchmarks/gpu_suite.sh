@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU run in one command: builds the extension in place and runs one stage.
 #
-#   benchmarks/gpu_suite.sh STAGE OUTDIR
+#   benchmarks/gpu_suite.sh STAGE OUTDIR [SUITE OPTIONS...]
 #
 # STAGE:
 #   stamp       (run where .git exists, before copying the tree) writes COMMIT with `git rev-parse
@@ -16,17 +16,21 @@
 # Each stage is sized to finish within 10 minutes on an H100: the suite gets a time budget
 # (SUITE_DEADLINE_S, default 450 s after the script started, minus what the build took) and
 # records the cases it had no time for as skipped. OUTDIR gets <stage>.log, the JSON and PNG of
-# the stage and summary.txt (one line per step: name, exit status, seconds).
+# the stage and summary.txt (one line per step: name, exit status, seconds). Options after OUTDIR
+# go to the suite (`unet-fast bench --help`), e.g. `bench OUT-fp32 --dtypes fp32` to split a
+# stage that the budget cuts short over two calls.
 #
 # Needs on the machine: torch, triton, nvcc, pybind11, ninja, setuptools; no network, no .git.
 # PYTHON selects the interpreter (default python3); MAX_JOBS the compile jobs (default 16);
-# UNET_FAST_COMMIT overrides the recorded commit.
+# UNET_FAST_COMMIT names the commit where there is no .git (else COMMIT or unet_fast/_commit.txt).
 set -uo pipefail
 
 STAGE=${1:-}
 OUTDIR=${2:-}
+shift 2 2>/dev/null || shift $#
+SUITE_OPTIONS=("$@")
 if [[ -z "$STAGE" || ( -z "$OUTDIR" && "$STAGE" != stamp ) ]]; then
-  sed -n '2,25p' "$0" >&2
+  sed -n '2,28p' "$0" >&2
   exit 2
 fi
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -77,7 +81,7 @@ assert info['extension'] and info['cuda_kernels'], 'the CUDA extension did not l
 suite() {
   local budget=$((SUITE_DEADLINE_S - SECONDS))
   (( budget < 60 )) && budget=60
-  "$PYTHON" -m unet_fast.benchmark --device cuda --time-budget "$budget" "$@"
+  "$PYTHON" -m unet_fast.benchmark --device cuda --time-budget "$budget" "$@" "${SUITE_OPTIONS[@]}"
 }
 
 if [[ -z "${UNET_FAST_COMMIT:-}" && ! -d .git && ! -s COMMIT && ! -s unet_fast/_commit.txt ]]; then

@@ -91,31 +91,62 @@ def test_main_rejects_cuda_without_gpu(capsys):
 
 
 def test_op_script_records_join_the_suite(tmp_path, monkeypatch):
-    script = tmp_path / "bench_conv.py"
-    script.write_text(
+    # bench_conv: a "records" list, main returns an exit status, rejects --device: retried without it.
+    (tmp_path / "bench_conv.py").write_text(
         "import argparse, json\n"
         "def main(argv):\n"
         "    parser = argparse.ArgumentParser()\n"
         "    parser.add_argument('--json')\n"
-        "    args = parser.parse_args(argv)\n"  # rejects --device/--quick: the suite retries with --json alone
+        "    parser.add_argument('--quick', action='store_true')\n"
+        "    args = parser.parse_args(argv)\n"
         "    rows = [{'name': 'enc0', 'provider': 'fused', 'dtype': 'bf16', 'ms': 1.5, 'ratio': 1.3, 'tflops': 2.0},\n"
         "            {'name': 'enc1', 'provider': 'fused', 'status': 'skipped', 'reason': 'no GPU'},\n"
         "            {'name': 'junk'}]\n"
         "    json.dump({'records': rows}, open(args.json, 'w'))\n"
         "    return 0\n"
     )
+    # bench_augment: raises.
     (tmp_path / "bench_augment.py").write_text("def main(argv):\n    raise RuntimeError('boom')\n")
+    # bench_weight_map: "cases" with per-provider rows, main returns its result dict and writes no file.
+    (tmp_path / "bench_weight_map.py").write_text(
+        "def main(argv):\n"
+        "    provider = {'ms': 4.0, 'mpixel_per_s': 9.0}\n"
+        "    return {'cases': [{'size': [512, 512], 'batch': 2, 'providers': {'unet_fast': provider,\n"
+        "            'scipy': {'status': 'skipped', 'reason': 'not installed'}}}]}\n"
+    )
     monkeypatch.setenv(ops.DIR_ENV, str(tmp_path))
     entries, records = ops.run_op_benchmarks("cpu", quick=True, log=lambda line: None)
-    status = {entry["name"]: entry["status"] for entry in entries}
-    assert status == {"bench_conv": "ok", "bench_augment": "error", "bench_weight_map": "skipped"}
-    assert "boom" in entries[1]["reason"] and "not found" in entries[2]["reason"]
-    assert [(r["name"], r["status"]) for r in records] == [("enc0", "ok"), ("enc1", "skipped")]
-    assert records[0]["speedup"] == 1.3 and records[0]["tflops"] == 2.0
+    assert [(entry["name"], entry["status"]) for entry in entries] == [
+        ("bench_conv", "ok"), ("bench_augment", "error"), ("bench_weight_map", "ok")
+    ]
+    assert "boom" in entries[1]["reason"]
+    assert [(r["benchmark"], r["name"], r["provider"], r["status"]) for r in records] == [
+        ("bench_conv", "enc0", "fused", "ok"),
+        ("bench_conv", "enc1", "fused", "skipped"),
+        ("bench_weight_map", "size=512x512 batch=2", "unet_fast", "ok"),
+        ("bench_weight_map", "size=512x512 batch=2", "scipy", "skipped"),
+    ]
+    assert records[0]["speedup"] == 1.3 and records[0]["tflops"] == 2.0 and records[2]["mpixel_per_s"] == 9.0
     problems = []
     for index, record in enumerate(records):
         schema._op_record(record, f"records[{index}]", problems)
     assert problems == []
+
+
+def test_op_script_without_quick_is_skipped_in_quick_mode(tmp_path, monkeypatch):
+    (tmp_path / "bench_conv.py").write_text(
+        "import argparse\n"
+        "def main(argv):\n"
+        "    parser = argparse.ArgumentParser()\n"
+        "    parser.add_argument('--json')\n"
+        "    parser.add_argument('--device')\n"
+        "    parser.parse_args(argv)\n"
+        "    raise AssertionError('the full run must not start in quick mode')\n"
+    )
+    monkeypatch.setenv(ops.DIR_ENV, str(tmp_path))
+    entries, records = ops.run_op_benchmarks("cpu", quick=True, log=lambda line: None)
+    assert entries[0]["status"] == "skipped" and "no --quick" in entries[0]["reason"]
+    assert "not found" in entries[1]["reason"] and records == []
 
 
 @pytest.fixture(scope="module")

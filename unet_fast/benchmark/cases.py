@@ -32,7 +32,9 @@ DTYPES = ("fp32", "bf16")
 class Shape:
     """A model configuration and input: ``config`` holds reference UNet constructor arguments,
     ``size`` the input height and width, ``tiled_size`` the image side for inference-tiled and
-    ``tile_size`` the tile size passed to ``predict_tiled``."""
+    ``tile_size`` the tile size passed to ``predict_tiled`` (batch_size is ``batch``);
+    ``tiled_devices`` where inference-tiled is measured with this shape (once per model and device,
+    as the image is the same), ``cpu_ok`` whether the shape is small enough for a CPU."""
 
     name: str
     config: dict = field(hash=False)
@@ -40,6 +42,7 @@ class Shape:
     size: int
     tiled_size: int
     tile_size: int
+    tiled_devices: tuple[str, ...] = ()
     cpu_ok: bool = True
 
 
@@ -47,10 +50,13 @@ PAPER = {"in_channels": 1, "num_classes": 2, "base_channels": 64, "depth": 5}
 HALF_WIDTH = dict(PAPER, base_channels=32)
 TINY = {"in_channels": 1, "num_classes": 2, "base_channels": 8, "depth": 3}
 
-QUICK_SHAPES = (Shape("tiny-d3-w8-92-b1", TINY, batch=1, size=92, tiled_size=200, tile_size=92),)
+QUICK_SHAPES = (
+    Shape("tiny-d3-w8-92-b1", TINY, batch=1, size=92, tiled_size=150, tile_size=92, tiled_devices=("cpu", "cuda")),
+)
+# Most important first: a time budget cuts cases from the end.
 STANDARD_SHAPES = (
-    Shape("paper-572-b1", PAPER, batch=1, size=572, tiled_size=4096, tile_size=572),
-    Shape("paper-572-b8", PAPER, batch=8, size=572, tiled_size=4096, tile_size=572, cpu_ok=False),
+    Shape("paper-572-b8", PAPER, batch=8, size=572, tiled_size=4096, tile_size=572, tiled_devices=("cuda",), cpu_ok=False),
+    Shape("paper-572-b1", PAPER, batch=1, size=572, tiled_size=4096, tile_size=572, tiled_devices=("cpu",)),
     Shape("w32-572-b8", HALF_WIDTH, batch=8, size=572, tiled_size=4096, tile_size=572, cpu_ok=False),
 )
 CPU_TILED_SIZE = 1024

@@ -1,11 +1,15 @@
 """Runs the op-level benchmark scripts of ``benchmarks/`` and folds their results into the suite.
 
 Each script ``benchmarks/<name>.py`` (bench_conv, bench_augment, bench_weight_map) exposes
-``main(argv) -> int`` and accepts ``--json PATH`` (and, when it can, ``--device cpu|cuda`` and
-``--quick``). The suite imports the script from the source tree (``UNET_FAST_BENCHMARKS_DIR``
-overrides where) and records, per script, its status and raw JSON. Records the script lists
-under ``"records"`` (or ``"results"``) that carry a ``name`` and ``ms`` become suite records of
-kind "op" (see ``unet_fast.benchmark.schema``), so op and model numbers share one format.
+``main(argv)``, returning an exit status, None or its result dict, and accepts ``--json PATH``
+and, when it can, ``--device cpu|cuda`` and ``--quick`` (a script without ``--quick`` is skipped
+in quick mode: its full run may take long). The suite imports the script from the source tree
+(``UNET_FAST_BENCHMARKS_DIR`` overrides where) and records, per script, its status and raw JSON.
+
+Rows become suite records of kind "op" (see ``unet_fast.benchmark.schema``), so op and model
+numbers share one format: entries of the script's ``"records"`` (or ``"results"``) list that have
+a ``name`` and an ``ms``, and, for scripts organised as ``"cases": [{..., "providers": {provider:
+{"ms": ..., ...}}}]``, one record per case and provider, named by the case's scalar fields.
 """
 from __future__ import annotations
 
@@ -36,12 +40,20 @@ def _load(path: Path):
     return module
 
 
-def _call_main(main: Callable, argv: list[str]) -> int:
+USAGE_ERROR = 2  # argparse's exit status for arguments it does not know
+
+
+def _call_main(main: Callable, argv: list[str]) -> tuple[int, dict | None]:
+    """(exit status, the result dict when main returned one)."""
     try:
-        code = main(argv)
+        returned = main(argv)
     except SystemExit as exit_:
-        code = exit_.code
-    return 0 if code is None else int(code) if isinstance(code, int) else 1
+        returned = exit_.code
+    if isinstance(returned, dict):
+        return 0, returned
+    if returned is None:
+        return 0, None
+    return (returned, None) if isinstance(returned, int) and not isinstance(returned, bool) else (1, None)
 
 
 def _number(value) -> bool:
@@ -51,9 +63,11 @@ def _number(value) -> bool:
 def op_records(script: str, result) -> list[dict]:
     """Suite records (kind "op") from a script's JSON: entries of its "records"/"results" list
     that have a string ``name`` and a numeric ``ms`` (or a ``status`` other than "ok")."""
-    rows = result.get("records", result.get("results")) if isinstance(result, dict) else None
-    if not isinstance(rows, list):
+    if not isinstance(result, dict):
         return []
+    rows = result.get("records", result.get("results"))
+    if not isinstance(rows, list):
+        rows = _rows_from_cases(result.get("cases"))
     records = []
     for row in rows:
         if not isinstance(row, dict) or not isinstance(row.get("name"), str):
@@ -81,6 +95,46 @@ def op_records(script: str, result) -> list[dict]:
     return records
 
 
+def _rows_from_cases(cases) -> list[dict]:
+    """Rows from ``[{scalar case fields..., "providers": {provider: {...}}}]``."""
+    rows = []
+    for case in cases if isinstance(cases, list) else []:
+        if not isinstance(case, dict) or not isinstance(case.get("providers"), dict):
+            continue
+        label = " ".join(
+            f"{key}={'x'.join(map(str, value)) if isinstance(value, list) else value}"
+            for key, value in case.items()
+            if key in ("name", "shape", "layer", "size", "batch", "dtype", "mode")
+            and (isinstance(value, (str, int)) or (isinstance(value, list) and all(isinstance(v, int) for v in value)))
+        )
+        for provider, row in case["providers"].items():
+            if isinstance(row, dict):
+                rows.append(dict(row, name=label or "case", provider=provider))
+    return rows
+
+
+def _run_script(path: Path, device: str, quick: bool, out: Path) -> tuple[str, str | None, dict | None]:
+    """(status, reason, result) of one script run writing its JSON to ``out``."""
+    module = _load(path)
+    if not callable(getattr(module, "main", None)):
+        raise AttributeError(f"{path} has no main(argv)")
+    # Fewer options for a script that rejects some (argparse exits with status 2).
+    attempts = [["--device", device, "--quick"], ["--quick"]] if quick else [["--device", device], []]
+    for options in attempts:
+        code, returned = _call_main(module.main, ["--json", str(out)] + options)
+        if code != USAGE_ERROR or out.exists():
+            break
+    if code == USAGE_ERROR and not out.exists() and quick:
+        return "skipped", "the script has no --quick mode (its full run is too long for --quick)", None
+    if code != 0:
+        raise RuntimeError(f"main returned exit status {code}")
+    if out.is_file():
+        return "ok", None, json.loads(out.read_text())
+    if returned is not None:
+        return "ok", None, json.loads(json.dumps(returned, default=str))
+    raise RuntimeError(f"main neither wrote --json {out} nor returned a result dict")
+
+
 def run_op_benchmarks(device: str, quick: bool, log: Callable[[str], None] = print) -> tuple[list[dict], list[dict]]:
     """Runs every op script that exists. Returns (one entry per script: name, path, status,
     reason, seconds, result; op records)."""
@@ -96,24 +150,10 @@ def run_op_benchmarks(device: str, quick: bool, log: Callable[[str], None] = pri
         log(f"op benchmark {script} ...")
         started = time.monotonic()
         with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / f"{script}.json"
             try:
-                module = _load(path)
-                if not callable(getattr(module, "main", None)):
-                    raise AttributeError(f"{path} has no main(argv)")
-                argv = ["--json", str(out), "--device", device] + (["--quick"] if quick else [])
-                code = _call_main(module.main, argv)
-                if code == 2 and not out.exists():  # an argparse usage error: retry with --json alone
-                    code = _call_main(module.main, ["--json", str(out)])
-                if code != 0:
-                    raise RuntimeError(f"main returned exit status {code}")
-                if not out.is_file():
-                    raise RuntimeError(f"main did not write --json {out}")
-                entry["result"] = json.loads(out.read_text())
-                entry["status"] = "ok"
-                records.extend(op_records(script, entry["result"]))
+                entry["status"], entry["reason"], entry["result"] = _run_script(path, device, quick, Path(tmp) / "out.json")
             except Exception as error:  # a broken script is reported, the suite goes on
-                entry["status"] = "error"
-                entry["reason"] = f"{type(error).__name__}: {error}"
+                entry["status"], entry["reason"] = "error", f"{type(error).__name__}: {error}"
         entry["seconds"] = time.monotonic() - started
+        records.extend(op_records(script, entry["result"]))
     return entries, records

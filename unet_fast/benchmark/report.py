@@ -49,7 +49,12 @@ def table(document: dict) -> str:
         lines += ["", "op benchmarks:"]
         for entry in document.get("op_benchmarks", []):
             reason = f": {entry['reason']}" if entry["reason"] else ""
-            lines.append(f"  {entry['name']:<18}{entry['status']}{reason}")
+            result = entry.get("result") or {}
+            headline = "".join(
+                f"  {key} {value:.3g}" for key, value in result.items()
+                if "speedup" in key and isinstance(value, (int, float)) and not isinstance(value, bool)
+            )
+            lines.append(f"  {entry['name']:<18}{entry['status']}{reason}{headline}  ({entry['seconds']:.0f} s)")
         for record in ops:
             extra = "  ".join(
                 f"{key} {record[key]:.3g}" for key in ("speedup", "tflops", "gbps", "bandwidth_fraction") if key in record
@@ -85,7 +90,8 @@ def plot(document: dict, path: str) -> str | None:
         width = 0.8 / max(len(providers), 1)
         for index, (provider, values) in enumerate(sorted(providers.items())):
             positions = [cases.index(case) + index * width for case in values]
-            axis.bar(positions, list(values.values()), width=width, label=provider)
+            bars = axis.bar(positions, list(values.values()), width=width, label=provider)
+            axis.bar_label(bars, fmt="%.2f", fontsize=7)
         axis.axhline(1.0, color="black", linewidth=0.8)
         axis.set_xticks([i + 0.4 - width / 2 for i in range(len(cases))], cases, fontsize=8)
         axis.set_ylabel(f"speedup vs {baseline}")

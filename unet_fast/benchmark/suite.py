@@ -63,6 +63,8 @@ def run_case(mode: str, shape: Shape, dtype: str, plan: Plan, peaks: dict, skip_
     base = _case_fields(mode, shape, dtype, device)
     if skip_reason is None and device.type == "cpu" and not shape.cpu_ok:
         skip_reason = CPU_SKIP_REASON
+    if skip_reason is None and mode == "inference-tiled" and device.type not in shape.tiled_devices:
+        skip_reason = "inference-tiled is measured once per model and device (same image), on another shape"
     if skip_reason is None and mode == "inference-tiled":
         try:
             predict_tiled_function()
@@ -145,8 +147,8 @@ def run_suite(plan: Plan, *, ops: bool = True, log: Callable[[str], None] = prin
         f"copy {peaks['copy']['gbps']:.1f} GB/s"
     )
     records: list[dict] = []
-    for shape in plan.shapes:
-        for dtype in plan.dtypes:
+    for dtype in plan.dtypes:
+        for shape in plan.shapes:
             for mode in plan.modes:
                 over = plan.time_budget_s is not None and time.monotonic() - started > plan.time_budget_s
                 reason = f"time budget of {plan.time_budget_s:.0f} s exhausted before this case" if over else None
