@@ -105,3 +105,14 @@ def test_bad_options_raise():
         weighted_cross_entropy(logits, target, class_weights=[1.0, 2.0])
     with pytest.raises(ValueError, match="sum to 0"):
         dice_loss(logits, target, class_weights=[1.0, 0.0, 0.0], include_background=False)
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu():
+    logits, target, weights = _inputs(dtype=torch.float32, h=33, w=35)
+    for fn in (
+        lambda l, t, w: weighted_cross_entropy(l, t, w, class_weights=[1.0, 2.0, 0.5]),
+        lambda l, t, w: dice_loss(l, t),
+    ):
+        # Different reduction orders only: float32 rounding.
+        torch.testing.assert_close(fn(logits.cuda(), target.cuda(), weights.cuda()).cpu(), fn(logits, target, weights))

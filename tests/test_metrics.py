@@ -74,3 +74,9 @@ def test_bad_inputs_raise():
         rand_error(TRUTH.astype(float), TRUTH)
     with pytest.raises(TypeError, match="pred"):
         pixel_error(TRUTH.tolist(), TRUTH)
+
+
+@pytest.mark.gpu
+def test_cuda_tensors_are_accepted():
+    pred = torch.from_numpy(TRUTH).cuda()
+    assert segmentation_metrics(pred, pred) == {"pixel_error": 0.0, "foreground_iou": 1.0, "foreground_dice": 1.0, "rand_error": 0.0}

@@ -157,3 +157,11 @@ def test_benchmark_script_runs_and_agrees_with_scipy(tmp_path):
 def test_opcheck_schema_and_fake_kernel(small_sample):
     _, instances = small_sample
     torch.library.opcheck(torch.ops.unet_fast.border_distances, (torch.from_numpy(instances[:40, :40])[None], 10.0))
+
+
+@pytest.mark.gpu
+def test_cuda_labels_give_a_cuda_map_equal_to_cpu(small_sample):
+    labels, _ = small_sample
+    on_gpu = weight_map(torch.from_numpy(labels).cuda())
+    assert on_gpu.is_cuda
+    torch.testing.assert_close(on_gpu.cpu(), weight_map(labels), rtol=0, atol=0)
