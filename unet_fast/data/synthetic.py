@@ -67,8 +67,10 @@ def _separate_touching_cells(instances: np.ndarray) -> np.ndarray:
 def synthetic_em_sample(
     size: int = 512, seed: int = 0, index: int = 0, cell_size: float = 48.0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One synthetic EM image with exact labels.
+    """One synthetic EM image with exact labels: sample ``index`` of the data set ``seed``.
 
+    Args:
+        size: height and width in pixels; cell_size: mean cell diameter in pixels (varied +-20%).
     Returns:
         image (size, size) float32 in [0, 1]; labels (size, size) int64 (1 = cell, 0 = membrane);
         instances (size, size) int64: the 4-connected components of the cells, ids 1..M, 0 on membrane.
@@ -92,7 +94,7 @@ def synthetic_em_sample(
     half_width = np.clip(rng.uniform(1.6, 2.4) + 0.5 * _smooth_noise(rng, shape, 2 * spacing), 1.0, 3.5)
     membrane = border_distance < half_width
     cells = _separate_touching_cells(np.where(membrane, 0, cell_of_pixel + 1))
-    labels = (cells > 0).astype(np.int64)
+    labels = np.where(cells > 0, CELL, MEMBRANE).astype(np.int64)
     # Instances are the connected components of the cell class, as a semantic label map defines them.
     instances, _ = ndimage.label(labels)
 
