@@ -131,6 +131,11 @@ def test_bad_inputs_raise(kwargs, error):
         weight_map(**kwargs)
 
 
+def test_class_balance_rejects_values_outside_the_classes():
+    with pytest.raises(ValueError, match="outside the classes"):
+        class_balance_weights(np.array([[0, -1]]), 2)
+
+
 def test_border_distances_rejects_bad_radius():
     with pytest.raises(ValueError, match="max_distance"):
         border_distances(np.zeros((3, 3), dtype=np.int64), -1.0)

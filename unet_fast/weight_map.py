@@ -102,7 +102,9 @@ def class_balance_weights(labels, num_classes: int) -> torch.Tensor:
         float32 of the same shape; its mean over each label map is 1.
     """
     labels = _as_long_tensor("labels", labels)
-    return torch.from_numpy(_class_balance(labels.cpu().numpy(), num_classes)).to(labels.device)
+    labels_np = labels.cpu().numpy()
+    _check_labels_range(labels_np, num_classes)
+    return torch.from_numpy(_class_balance(labels_np, num_classes)).to(labels.device)
 
 
 def _class_balance(labels: np.ndarray, num_classes: int) -> np.ndarray:
