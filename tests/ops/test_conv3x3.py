@@ -125,6 +125,19 @@ def _call(inputs):
     return {"x": inputs["x"], "weight": inputs["weight"], "bias": inputs["bias"], "skip": inputs["skip"]}
 
 
+def test_autocast_casts_inputs_and_keeps_fp32_weight_grad(triton_device):
+    inputs = make_inputs(2, 2, 3, 4, 6, 6, (2, 2), True, torch.float32, triton_device)
+    with torch.autocast(triton_device, dtype=torch.float16):
+        y = conv3x3_relu(**_call(inputs), backend="triton")
+    assert y.dtype == torch.float16
+    grads = _grads((y,), inputs)
+    assert all(g.dtype == torch.float32 for g in grads.values())
+    half = {k: t.detach().half().requires_grad_() for k, t in inputs.items()}
+    ref = _grads((conv3x3_relu(**_call(half), backend="triton"),), half)
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref[name].float())
+
+
 def test_torch_backend_matches_plain_functional():
     inputs = make_inputs(2, 3, 4, 5, 8, 8, (2, 2), True, torch.float64, "cpu", channels_last=True)
     out = conv3x3_relu(**_call(inputs), pool=True, backend="torch")

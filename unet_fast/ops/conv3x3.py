@@ -75,12 +75,14 @@ def conv3x3_relu(
             is installed, torch otherwise).
     Returns:
         y (N, C_out, H - 2, W - 2), or (y, pooled) with pooled (N, C_out, (H - 2)/2, (W - 2)/2) when
-        pool=True; channels_last, x's dtype. Differentiable in x, skip, weight and bias. fp32 inputs
-        use TF32 exactly when PyTorch's convolution would (``conv_allows_tf32()``).
+        pool=True; channels_last, x's dtype (the autocast dtype under torch.autocast). Differentiable
+        in x, skip, weight and bias. fp32 inputs use TF32 exactly when PyTorch's convolution would
+        (``conv_allows_tf32()``).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     check_tensor("x", x, dim=4, dtypes=_ALL_DTYPES)
+    x, weight, bias, skip = _autocast(x, weight, bias, skip)
     if backend == "auto":
         backend = "triton" if x.device.type == "cuda" and _kernels is not None and x.dtype in TRITON_DTYPES else "torch"
     _validate(x, weight, bias, skip, relu, pool, backend)
@@ -96,6 +98,17 @@ def conv3x3_relu(
     if pool:
         return torch.ops.unet_fast.conv3x3_relu_pool(x, weight, bias, skip, relu, allow_tf32)
     return torch.ops.unet_fast.conv3x3_relu(x, weight, bias, skip, relu, allow_tf32)
+
+
+def _autocast(x, weight, bias, skip):
+    """Under torch.autocast for x's device, every floating input is cast to the autocast dtype (a
+    differentiable cast: an fp32 weight still gets an fp32 gradient), as F.conv2d would do."""
+    if not torch.is_autocast_enabled(x.device.type):
+        return x, weight, bias, skip
+    dtype = torch.get_autocast_dtype(x.device.type)
+    return tuple(
+        t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in (x, weight, bias, skip)
+    )
 
 
 def _validate(x, weight, bias, skip, relu, pool, backend) -> None:
@@ -277,9 +290,5 @@ def _backward(ctx, grad_y, grad_pooled=None):
     return grads[0], grads[2], grads[3], grads[1], None, None
 
 
-def _backward_pool(ctx, grad_y, grad_pooled):
-    return _backward(ctx, grad_y, grad_pooled)
-
-
 _conv3x3_relu_op.register_autograd(_backward, setup_context=_setup_context)
-_conv3x3_relu_pool_op.register_autograd(_backward_pool, setup_context=_setup_context)
+_conv3x3_relu_pool_op.register_autograd(_backward, setup_context=_setup_context)
