@@ -17,6 +17,8 @@ squares):
     precision = sum n_ij^2 / sum s_i^2,   recall = sum n_ij^2 / sum t_j^2,
     rand_error = 1 - 2 precision recall / (precision + recall).
 
+These are the N^2-normalised sums of the challenge's evaluation (Fiji's Trainable Segmentation,
+``RandError``, foreground-restricted statistics), whose F-score is the challenge's V_Rand.
 It is 0 for a perfect segmentation and near 1 when everything is merged or split. The challenge
 reported the best value over thresholds of a probability map; these functions score one label map.
 """
