@@ -208,3 +208,26 @@ def test_schema_flags_broken_documents(quick_run):
     with pytest.raises(ValueError, match="does not match schema"):
         schema.check(broken)
     assert schema.validate([]) == ["document: expected an object, got list"]
+
+
+def test_failing_provider_is_recorded_and_fails_the_run(tmp_path, monkeypatch, capsys):
+    from unet_fast.benchmark import providers
+
+    class BrokenUNet(UNet):
+        def __init__(self, recompute=False, **config):
+            super().__init__(**config)
+
+        def forward(self, x):
+            raise RuntimeError("kernel exploded")
+
+    monkeypatch.setattr(providers, "fast_unet_class", lambda: BrokenUNet)
+    out = tmp_path / "bench.json"
+    argv = ["--quick", "--device", "cpu", "--no-ops", "--providers", "reference,unet_fast", "--modes", "forward",
+            "--json", str(out)]
+    assert benchmark.main(argv) == 1
+    assert "kernel exploded" in capsys.readouterr().err
+    document = json.loads(out.read_text())
+    schema.check(document)
+    broken = next(r for r in document["records"] if r["provider"] == "unet_fast")
+    assert broken["status"] == "error" and "kernel exploded" in broken["reason"] and broken["ms"] is None
+    assert next(r for r in document["records"] if r["provider"] == "reference")["status"] == "ok"

@@ -79,6 +79,7 @@ class Plan:
     rounds: int
     min_sample_ms: float
     time_budget_s: float | None
+    cudnn_benchmark: bool
 
 
 def make_plan(
@@ -121,4 +122,5 @@ def make_plan(
         rounds=10 if on_cuda else 5,
         min_sample_ms=25.0 if on_cuda else (20.0 if quick else 50.0),
         time_budget_s=time_budget_s,
+        cudnn_benchmark=on_cuda,
     )

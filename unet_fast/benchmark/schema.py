@@ -14,7 +14,8 @@ Top level (an object):
     settings         object: quick, full (bool), device, compile_mode (str|null), providers,
                      modes, dtypes, shapes (lists of str), baseline (the provider speedups are
                      relative to), warmup, rounds (int), min_sample_ms (number),
-                     time_budget_s (number|null), ops (bool)
+                     time_budget_s (number|null), ops, cudnn_benchmark (bool: cuDNN autotuning
+                     on, as on CUDA)
     peaks            object: matmul {dtype, size, ms, tflops} (bf16 8192^3 on CUDA, fp32 on CPU)
                      and copy {bytes, ms, gbps} (bytes read + written per second), measured
                      in the same run
@@ -86,7 +87,7 @@ SETTINGS = {
     "quick": (_BOOL, False), "full": (_BOOL, False), "device": (_STR, False), "compile_mode": (_STR, True),
     "providers": (_LIST, False), "modes": (_LIST, False), "dtypes": (_LIST, False), "shapes": (_LIST, False),
     "baseline": (_STR, False), "warmup": (_INT, False), "rounds": (_INT, False), "min_sample_ms": (_NUM, False),
-    "time_budget_s": (_NUM, True), "ops": (_BOOL, False),
+    "time_budget_s": (_NUM, True), "ops": (_BOOL, False), "cudnn_benchmark": (_BOOL, False),
 }
 MATMUL = {"dtype": (_STR, False), "size": (_INT, False), "ms": (_NUM, False), "tflops": (_NUM, False)}
 COPY = {"bytes": (_INT, False), "ms": (_NUM, False), "gbps": (_NUM, False)}

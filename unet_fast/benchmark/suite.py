@@ -119,12 +119,11 @@ def run_case(mode: str, shape: Shape, dtype: str, plan: Plan, peaks: dict, skip_
     for record in records.values():
         if record["status"] == "ok" and baseline is not None and baseline["status"] == "ok":
             record["speedup"] = baseline["ms"] / record["ms"]
-    del runnables, reference
-    _release(device, compiled="reference-compile" in plan.providers)
     return [records[provider] for provider in plan.providers]
 
 
 def _release(device: torch.device, compiled: bool) -> None:
+    """Frees a finished case's models, compiled code and cached device memory."""
     if compiled:
         torch._dynamo.reset()
     gc.collect()
@@ -135,6 +134,16 @@ def _release(device: torch.device, compiled: bool) -> None:
 def run_suite(plan: Plan, *, ops: bool = True, log: Callable[[str], None] = print) -> dict:
     """Runs every case of ``plan`` and, with ``ops``, the op scripts. Returns the JSON document
     described in ``unet_fast.benchmark.schema``."""
+    previous = torch.backends.cudnn.benchmark
+    # Fixed shapes: let cuDNN pick its fastest algorithms, as a tuned eager baseline would.
+    torch.backends.cudnn.benchmark = plan.cudnn_benchmark
+    try:
+        return _run_suite(plan, ops, log)
+    finally:
+        torch.backends.cudnn.benchmark = previous
+
+
+def _run_suite(plan: Plan, ops: bool, log: Callable[[str], None]) -> dict:
     started = time.monotonic()
     device = torch.device(plan.device)
     environment = describe(device)
@@ -156,6 +165,7 @@ def run_suite(plan: Plan, *, ops: bool = True, log: Callable[[str], None] = prin
                     reason = reason or "this GPU has no bf16 support"
                 case_started = time.monotonic()
                 case = run_case(mode, shape, dtype, plan, peaks, reason)
+                _release(device, compiled="reference-compile" in plan.providers)
                 records.extend(case)
                 summary = ", ".join(
                     f"{r['provider']} {r['ms']:.2f} ms" if r["status"] == "ok" else f"{r['provider']} {r['status']}"
@@ -174,6 +184,7 @@ def run_suite(plan: Plan, *, ops: bool = True, log: Callable[[str], None] = prin
             "providers": list(plan.providers), "modes": list(plan.modes), "dtypes": list(plan.dtypes),
             "shapes": [shape.name for shape in plan.shapes], "baseline": BASELINE, "warmup": plan.warmup,
             "rounds": plan.rounds, "min_sample_ms": plan.min_sample_ms, "time_budget_s": plan.time_budget_s,
+            "cudnn_benchmark": plan.cudnn_benchmark,
             "ops": ops,
         },
         "peaks": peaks,
