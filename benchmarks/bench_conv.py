@@ -6,6 +6,8 @@ Every 3x3 conv of the paper's U-Net at a 572x572 input (or --size), forward ("fw
 backward ("fwdbwd"), for three providers on channels_last tensors:
 
 - fused:   ``unet_fast.ops.conv3x3_relu(..., backend="triton")`` (crop-concat and pool inside);
+- auto:    ``backend="auto"``: per shape and pass the faster of the Triton kernels and cuDNN (timed
+           once on first use; the row's "backend" says which ran, e.g. "fwd:triton bwd:aten");
 - eager:   ``cat(center_crop(skip), x)`` -> ``F.conv2d`` (cuDNN, bias included) -> ``relu`` (-> ``max_pool2d``);
 - compile: the eager function under ``torch.compile(mode="max-autotune")``.
 
@@ -33,7 +35,7 @@ from unet_fast.reference.functional import center_crop
 from unet_fast.shapes import level_sizes
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-PROVIDERS = ("fused", "eager", "compile")
+PROVIDERS = ("fused", "auto", "eager", "compile")
 MODES = ("fwd", "fwdbwd")
 
 
@@ -173,7 +175,7 @@ def run(args) -> dict:
     dtype = DTYPES[args.dtype]
     if device.type == "cuda":
         shapes = [s for batch in args.batch for s in unet_conv_shapes(args.size, batch)]
-        blocks = {"fused": fused_block("triton"), "eager": eager_block}
+        blocks = {"fused": fused_block("triton"), "auto": fused_block("auto"), "eager": eager_block}
         if "compile" in args.providers:
             blocks["compile"] = torch.compile(eager_block, mode="max-autotune", dynamic=False)
         fused_backend = "triton"
@@ -196,10 +198,10 @@ def run(args) -> dict:
                     **asdict(shape), "mode": mode, "provider": provider, "ms": ms,
                     "tflops": flops(shape, mode) / ms / 1e9,
                     "bytes": traffic_bytes(shape, mode, "fused" if provider == "fused" else "eager", itemsize),
-                    "backend": fused_backend if provider == "fused" else ("cudnn" if device.type == "cuda" else "aten"),
+                    "backend": _backend_label(provider, fused_backend, shape, device),
                 }
                 for other in ("eager", "compile"):
-                    if provider == "fused" and other in times:
+                    if provider in ("fused", "auto") and other in times:
                         row[f"speedup_vs_{other}"] = times[other] / ms
                 rows.append(row)
                 print(f"{shape.name:>10} b={shape.batch} {mode:>6} {provider:>7}: {ms:8.3f} ms "
@@ -211,9 +213,10 @@ def run(args) -> dict:
             total = {p: sum(r["ms"] for r in rows if r["batch"] == batch and r["mode"] == mode and r["provider"] == p)
                      for p in providers}
             entry = {f"{p}_ms": t for p, t in total.items()}
-            for other in ("eager", "compile"):
-                if other in total and total.get("fused"):
-                    entry[f"speedup_vs_{other}"] = total[other] / total["fused"]
+            for fused in ("fused", "auto"):
+                for other in ("eager", "compile"):
+                    if other in total and total.get(fused):
+                        entry[f"{fused}_speedup_vs_{other}"] = total[other] / total[fused]
             summary[f"batch{batch}.{mode}"] = entry
             print(f"sum b={batch} {mode}: " + ", ".join(f"{k}={v:.3f}" for k, v in entry.items()))
     return {
@@ -226,6 +229,19 @@ def run(args) -> dict:
         "results": rows,
         "summary": summary,
     }
+
+
+def _backend_label(provider: str, fused_backend: str, shape: ConvShape, device) -> str:
+    if provider == "fused":
+        return fused_backend
+    if provider != "auto":
+        return "cudnn" if device.type == "cuda" else "aten"
+    from unet_fast.ops.conv3x3 import chosen_backends
+
+    x_shape = (shape.batch, shape.c1, shape.size, shape.size)
+    weight_shape = (shape.c_out, shape.c0 + shape.c1, 3, 3)
+    picks = {key[0]: choice for key, choice in chosen_backends().items() if key[1] == x_shape and key[3] == weight_shape}
+    return " ".join(f"{stage}:{picks[stage]}" for stage in ("forward", "backward") if stage in picks) or "triton"
 
 
 def _triton_version():

@@ -102,6 +102,19 @@ def test_triton_fp16_within_twice_torch_error(triton_device, batch, c0, c1, c_ou
         assert fused_error <= 2 * torch_error + 1e-3 * exact.abs().max().item(), (fused_error, torch_error)
 
 
+def test_triton_takes_any_memory_format(triton_device):
+    # channels_last x, and a skip that is a strided view (every other channel of a larger tensor)
+    inputs = make_inputs(2, 6, 4, 5, 6, 8, (2, 2), True, torch.float32, triton_device, channels_last=True)
+    inputs["skip"] = inputs["skip"].detach()[:, ::2].requires_grad_()
+    inputs["weight"] = inputs["weight"].detach()[:, 3:].contiguous().requires_grad_()
+    out, grads = run(inputs, True, True, "triton")
+    ref_out, ref_grads = run(inputs, True, True, "torch")
+    for o, r in zip(out, ref_out):
+        torch.testing.assert_close(o, r, atol=1e-4, rtol=1e-4)
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-4, rtol=1e-4)
+
+
 def test_pool_ties_route_to_first_max_like_pytorch(triton_device):
     # a spatially constant input makes y constant: every 2x2 window is a four-way tie
     x = torch.ones(2, 3, 6, 8, device=triton_device, requires_grad=True)
@@ -166,7 +179,7 @@ def test_custom_op_autograd_formula_gradcheck_float64(pool, relu):
     op = torch.ops.unet_fast.conv3x3_relu_pool if pool else torch.ops.unet_fast.conv3x3_relu
 
     def fn(x, weight, bias, skip):
-        return op(x, weight, bias, skip, relu, False)
+        return op(x, weight, bias, skip, relu, False, False)
 
     assert torch.autograd.gradcheck(fn, (inputs["x"], inputs["weight"], inputs["bias"], inputs["skip"]), fast_mode=True)
 
@@ -175,16 +188,16 @@ def test_custom_op_autograd_formula_gradcheck_float64(pool, relu):
 def test_opcheck(triton_device, pool):
     inputs = make_inputs(2, 2, 3, 4, 6, 6, (2, 2), True, torch.float32, triton_device)
     op = torch.ops.unet_fast.conv3x3_relu_pool if pool else torch.ops.unet_fast.conv3x3_relu
-    torch.library.opcheck(op, (inputs["x"], inputs["weight"], inputs["bias"], inputs["skip"], True, False))
-    no_skip = (inputs["x"].detach(), inputs["weight"][:, :3].detach(), None, None, False, False)
+    torch.library.opcheck(op, (inputs["x"], inputs["weight"], inputs["bias"], inputs["skip"], True, False, False))
+    no_skip = (inputs["x"].detach(), inputs["weight"][:, :3].detach(), None, None, False, False, False)
     torch.library.opcheck(op, no_skip)
 
 
 def test_opcheck_backward_op(triton_device):
     inputs = make_inputs(2, 2, 3, 4, 6, 6, (2, 2), True, torch.float32, triton_device)
     x, weight, skip = inputs["x"].detach(), inputs["weight"].detach(), inputs["skip"].detach()
-    y, pooled = torch.ops.unet_fast.conv3x3_relu_pool(x, weight, inputs["bias"].detach(), skip, True, False)
-    args = (torch.randn_like(y), torch.randn_like(pooled), x, skip, weight, y, True, True, False, [True, True, True, True])
+    y, pooled = torch.ops.unet_fast.conv3x3_relu_pool(x, weight, inputs["bias"].detach(), skip, True, False, False)
+    args = (torch.randn_like(y), torch.randn_like(pooled), x, skip, weight, y, True, True, False, False, [True] * 4)
     torch.library.opcheck(torch.ops.unet_fast.conv3x3_relu_backward, args)
 
 
@@ -204,6 +217,28 @@ def test_torch_compile_fullgraph_has_no_graph_break(triton_device):
     ref_grads = torch.autograd.grad(block(*args), args)
     for g, r in zip(grads, ref_grads):
         torch.testing.assert_close(g, r)
+
+
+def test_backend_tuning_uses_the_faster_implementation(triton_device, monkeypatch):
+    # backend="auto" on CUDA times Triton against cuDNN per shape; here a fake timer makes ATen
+    # (timed second) the faster, and the op must then run it, forward and backward, and record it
+    import itertools
+
+    from unet_fast.ops import conv3x3 as module
+
+    monkeypatch.setattr(module, "_BACKEND_CHOICES", {})
+    timings = itertools.cycle([2.0, 1.0])  # triton, then aten
+    monkeypatch.setattr(module, "_time_ms", lambda fn: (fn(), next(timings))[1])
+    inputs = make_inputs(2, 2, 3, 4, 6, 6, (2, 2), True, torch.float32, triton_device)
+    y, pooled = torch.ops.unet_fast.conv3x3_relu_pool(inputs["x"], inputs["weight"], inputs["bias"], inputs["skip"], True, False, True)
+    grads = _grads((y, pooled), inputs)
+    ref_out, ref_grads = run(inputs, True, True, "torch")
+    torch.testing.assert_close((y, pooled), ref_out, atol=1e-5, rtol=1e-5)
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-5, rtol=1e-5)
+    choices = module.chosen_backends()
+    assert sorted(key[0] for key in choices) == ["backward", "forward"]
+    assert set(choices.values()) == {"aten"}
 
 
 def test_auto_backend_on_cpu_runs_torch():

@@ -71,8 +71,10 @@ def conv3x3_relu(
         relu: apply the ReLU (False: conv + bias only).
         pool: also return ``max_pool2d(y, 2)``; H - 2 and W - 2 must be even.
         backend: "triton" (Triton kernels; CUDA tensors, or CPU tensors under TRITON_INTERPRET=1),
-            "torch" (PyTorch ops, any device and float dtype) or "auto" (triton on CUDA when Triton
-            is installed, torch otherwise).
+            "torch" (PyTorch ops, any device and float dtype) or "auto": on CUDA with Triton
+            installed the same custom ops, which pick per shape (forward and backward separately)
+            the faster of the Triton kernels and cuDNN + PyTorch epilogues, timed once on first
+            use (``chosen_backends()`` lists the picks); otherwise "torch".
     Returns:
         y (N, C_out, H - 2, W - 2), or (y, pooled) with pooled (N, C_out, (H - 2)/2, (W - 2)/2) when
         pool=True; channels_last, x's dtype (the autocast dtype under torch.autocast). Differentiable
@@ -83,6 +85,7 @@ def conv3x3_relu(
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     check_tensor("x", x, dim=4, dtypes=_ALL_DTYPES)
     x, weight, bias, skip = _autocast(x, weight, bias, skip)
+    requested = backend
     if backend == "auto":
         backend = "triton" if x.device.type == "cuda" and _kernels is not None and x.dtype in TRITON_DTYPES else "torch"
     _validate(x, weight, bias, skip, relu, pool, backend)
@@ -95,9 +98,10 @@ def conv3x3_relu(
             + ("" if _kernels is not None else " and Triton is not installed")
         )
     allow_tf32 = x.device.type == "cuda" and conv_allows_tf32()
+    tune = requested == "auto"  # auto on CUDA: per shape, the faster of Triton and cuDNN, measured once
     if pool:
-        return torch.ops.unet_fast.conv3x3_relu_pool(x, weight, bias, skip, relu, allow_tf32)
-    return torch.ops.unet_fast.conv3x3_relu(x, weight, bias, skip, relu, allow_tf32)
+        return torch.ops.unet_fast.conv3x3_relu_pool(x, weight, bias, skip, relu, allow_tf32, tune)
+    return torch.ops.unet_fast.conv3x3_relu(x, weight, bias, skip, relu, allow_tf32, tune)
 
 
 def _autocast(x, weight, bias, skip):
@@ -176,36 +180,78 @@ def _empty_nhwc(shape, like):
     return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=torch.channels_last)
 
 
-def _forward(x, weight, bias, skip, relu, pool, allow_tf32):
-    if _runs_triton(x):
-        return _kernels.conv3x3_forward(x, weight, bias, skip, relu, pool, allow_tf32)
+_BACKEND_CHOICES: dict[tuple, str] = {}
+
+
+def chosen_backends() -> dict[tuple, str]:
+    """What backend="auto" picked so far: (pass, shape key) -> "triton" or "aten" (cuDNN + PyTorch ops)."""
+    return dict(_BACKEND_CHOICES)
+
+
+def _time_ms(fn) -> float:
+    from triton.testing import do_bench
+
+    return float(do_bench(fn, warmup=5, rep=25))
+
+
+def _pick_backend(key: tuple, run_triton, run_aten) -> str:
+    """The faster implementation for this key, timed on first use and remembered."""
+    choice = _BACKEND_CHOICES.get(key)
+    if choice is None:
+        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+            return "triton"  # no timing inside a CUDA graph capture; decide on an eager call
+        times = {"triton": _time_ms(run_triton), "aten": _time_ms(run_aten)}
+        choice = _BACKEND_CHOICES[key] = min(times, key=times.get)
+    return choice
+
+
+def _shape_key(x, weight, bias, skip, relu, pool, allow_tf32) -> tuple:
+    return (
+        tuple(x.shape), None if skip is None else tuple(skip.shape), tuple(weight.shape), bias is not None,
+        relu, pool, x.dtype, allow_tf32, str(x.device),
+    )
+
+
+def _aten_forward(x, weight, bias, skip, relu, pool):
     result = _torch_composite(x, weight, bias, skip, relu, pool)
     return result if pool else (result, None)
+
+
+def _forward(x, weight, bias, skip, relu, pool, allow_tf32, tune):
+    if not _runs_triton(x):
+        return _aten_forward(x, weight, bias, skip, relu, pool)
+    run_triton = lambda: _kernels.conv3x3_forward(x, weight, bias, skip, relu, pool, allow_tf32)  # noqa: E731
+    run_aten = lambda: _aten_forward(x, weight, bias, skip, relu, pool)  # noqa: E731
+    if tune:
+        key = ("forward", *_shape_key(x, weight, bias, skip, relu, pool, allow_tf32))
+        if _pick_backend(key, run_triton, run_aten) == "aten":
+            return run_aten()
+    return run_triton()
 
 
 @torch.library.custom_op("unet_fast::conv3x3_relu", mutates_args=())
 def _conv3x3_relu_op(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, skip: torch.Tensor | None,
-    relu: bool, allow_tf32: bool,
+    relu: bool, allow_tf32: bool, tune: bool,
 ) -> torch.Tensor:
-    return _forward(x, weight, bias, skip, relu, False, allow_tf32)[0]
+    return _forward(x, weight, bias, skip, relu, False, allow_tf32, tune)[0]
 
 
 @torch.library.custom_op("unet_fast::conv3x3_relu_pool", mutates_args=())
 def _conv3x3_relu_pool_op(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, skip: torch.Tensor | None,
-    relu: bool, allow_tf32: bool,
+    relu: bool, allow_tf32: bool, tune: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return _forward(x, weight, bias, skip, relu, True, allow_tf32)
+    return _forward(x, weight, bias, skip, relu, True, allow_tf32, tune)
 
 
 @_conv3x3_relu_op.register_fake
-def _conv3x3_relu_fake(x, weight, bias, skip, relu, allow_tf32):
+def _conv3x3_relu_fake(x, weight, bias, skip, relu, allow_tf32, tune):
     return _empty_nhwc(_output_shapes(x, weight)[0], x)
 
 
 @_conv3x3_relu_pool_op.register_fake
-def _conv3x3_relu_pool_fake(x, weight, bias, skip, relu, allow_tf32):
+def _conv3x3_relu_pool_fake(x, weight, bias, skip, relu, allow_tf32, tune):
     y_shape, pooled_shape = _output_shapes(x, weight)
     return _empty_nhwc(y_shape, x), _empty_nhwc(pooled_shape, x)
 
@@ -246,16 +292,23 @@ def _grad_shapes(x, skip, weight):
 @torch.library.custom_op("unet_fast::conv3x3_relu_backward", mutates_args=())
 def _conv3x3_relu_backward_op(
     grad_y: torch.Tensor | None, grad_pooled: torch.Tensor | None, x: torch.Tensor, skip: torch.Tensor | None,
-    weight: torch.Tensor, y: torch.Tensor, relu: bool, pool: bool, allow_tf32: bool, needs_input_grad: list[bool],
+    weight: torch.Tensor, y: torch.Tensor, relu: bool, pool: bool, allow_tf32: bool, tune: bool,
+    needs_input_grad: list[bool],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(grad_x, grad_skip, grad_weight, grad_bias) for needs_input_grad = (x, skip, weight, bias); a
     gradient not needed (or without its input) comes back as a (0,)-shaped tensor: custom ops cannot
     return None."""
     needs = tuple(needs_input_grad)
+    run_aten = lambda: _aten_backward(grad_y, grad_pooled if pool else None, x, skip, weight, y, relu, needs)  # noqa: E731
     if _runs_triton(x):
-        grads = _kernels.conv3x3_backward(grad_y, grad_pooled, x, skip, weight, y, relu, pool, needs, allow_tf32)
+        run_triton = lambda: _kernels.conv3x3_backward(  # noqa: E731
+            grad_y, grad_pooled, x, skip, weight, y, relu, pool, needs, allow_tf32
+        )
+        key = ("backward", *_shape_key(x, weight, None, skip, relu, pool, allow_tf32), needs, grad_y is None)
+        use_aten = tune and _pick_backend(key, run_triton, run_aten) == "aten"
+        grads = run_aten() if use_aten else run_triton()
     else:
-        grads = _aten_backward(grad_y, grad_pooled if pool else None, x, skip, weight, y, relu, needs)
+        grads = run_aten()
     return tuple(
         x.new_empty((0,)) if grad is None or not needed else grad.to(x.dtype).contiguous(memory_format=layout)
         for grad, needed, layout in zip(grads, needs, _GRAD_LAYOUTS)
@@ -263,7 +316,7 @@ def _conv3x3_relu_backward_op(
 
 
 @_conv3x3_relu_backward_op.register_fake
-def _conv3x3_relu_backward_fake(grad_y, grad_pooled, x, skip, weight, y, relu, pool, allow_tf32, needs_input_grad):
+def _conv3x3_relu_backward_fake(grad_y, grad_pooled, x, skip, weight, y, relu, pool, allow_tf32, tune, needs_input_grad):
     return tuple(
         x.new_empty((0,)) if shape is None or not needed
         else torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=layout)
@@ -272,11 +325,11 @@ def _conv3x3_relu_backward_fake(grad_y, grad_pooled, x, skip, weight, y, relu, p
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, weight, bias, skip, relu, allow_tf32 = inputs
+    x, weight, bias, skip, relu, allow_tf32, tune = inputs
     y = output[0] if isinstance(output, tuple) else output
     # the weight is the caller's tensor (a parameter or its cast): saving it costs no memory
     ctx.save_for_backward(x, skip, weight, y)
-    ctx.relu, ctx.allow_tf32 = relu, allow_tf32
+    ctx.relu, ctx.allow_tf32, ctx.tune = relu, allow_tf32, tune
 
 
 def _backward(ctx, grad_y, grad_pooled=None):
@@ -284,10 +337,10 @@ def _backward(ctx, grad_y, grad_pooled=None):
     need_x, need_weight, need_bias, need_skip = ctx.needs_input_grad[:4]
     needs = [need_x, need_skip and skip is not None, need_weight, need_bias]
     grad_x, grad_skip, grad_weight, grad_bias = torch.ops.unet_fast.conv3x3_relu_backward(
-        grad_y, grad_pooled, x, skip, weight, y, ctx.relu, grad_pooled is not None, ctx.allow_tf32, needs,
+        grad_y, grad_pooled, x, skip, weight, y, ctx.relu, grad_pooled is not None, ctx.allow_tf32, ctx.tune, needs,
     )
     grads = [g if needed else None for g, needed in zip((grad_x, grad_skip, grad_weight, grad_bias), needs)]
-    return grads[0], grads[2], grads[3], grads[1], None, None
+    return grads[0], grads[2], grads[3], grads[1], None, None, None
 
 
 _conv3x3_relu_op.register_autograd(_backward, setup_context=_setup_context)
