@@ -175,6 +175,10 @@ def _run_suite(plan: Plan, ops: bool, log: Callable[[str], None]) -> dict:
     op_entries = []
     if ops:
         op_entries, op_rows = run_op_benchmarks(plan.device, plan.quick, log)
+        for row in op_rows:
+            # Memory-bound ops: achieved bandwidth against the copy bandwidth measured in this run.
+            if "gbps" in row and "bandwidth_fraction" not in row:
+                row["bandwidth_fraction"] = row["gbps"] / peaks["copy"]["gbps"]
         records.extend(op_rows)
     return {
         "schema_version": SCHEMA_VERSION,
