@@ -84,6 +84,8 @@ def op_records(script: str, result) -> list[dict]:
             "status": status,
             "reason": row.get("reason") if status != "ok" else None,
         }
+        if "mpixel_per_s" not in row and _number(row.get("mpixels_per_s")):
+            row = dict(row, mpixel_per_s=row["mpixels_per_s"])
         for key in PASSED_FIELDS:
             if key in row and (_number(row[key]) or (key == "backend" and isinstance(row[key], str))):
                 record[key] = row[key]
