@@ -180,7 +180,10 @@ def test_quick_run_covers_every_provider_and_mode(quick_run):
             )
             assert record["memory"]["peak_rss_bytes"] > 0
     train = by_key[("reference", "train-step")]
-    assert train["speedup"] == 1.0 and by_key[("reference-cl", "train-step")]["speedup"] > 0
+    train_cl = by_key[("reference-cl", "train-step")]
+    assert train["speedup"] == 1.0 and train_cl["speedup"] == pytest.approx(train["ms"] / train_cl["ms"])
+    assert train_cl["speedups"]["reference"] == train_cl["speedup"]
+    assert train["speedups"]["reference-cl"] == pytest.approx(1 / train_cl["speedup"])
     # Same weights and same graph: the contiguous and channels_last references save the same bytes.
     assert train["saved_bytes"] > 0 and train["saved_bytes"] == by_key[("reference-cl", "train-step")]["saved_bytes"]
     assert "quick" in by_key[("reference-compile", "forward")]["reason"]

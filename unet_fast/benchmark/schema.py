@@ -33,7 +33,8 @@ A record of kind "model" (one per provider x mode x shape x dtype):
     calls_per_sample (int); flops (int|null: analytic, see unet_fast.benchmark.flops),
     tflops, peak_fraction (of peaks.matmul; null without flops); throughput (number) and
     throughput_unit ("images/s" or "Mpixel/s"); speedup (baseline ms / this ms, null without an
-    ok baseline); saved_bytes (int|null: saved-for-backward bytes of unique storages,
+    ok baseline); speedups (object: every other ok provider of the case -> its ms / this ms, e.g.
+    speedups["reference-cl"] is the speedup over eager channels_last); saved_bytes (int|null: saved-for-backward bytes of unique storages,
     parameters excluded; train-step only); memory (object|null: peak_bytes and
     peak_over_start_bytes on CUDA, peak_rss_bytes, rss_before_bytes and rss_reset on
     CPU, or error;
@@ -99,7 +100,8 @@ MODEL_ALWAYS = {
 MODEL_WHEN_OK = {
     "ms": (_NUM, False), "ms_min": (_NUM, False), "ms_max": (_NUM, False), "ms_iqr": (_NUM, False),
     "flops": (_INT, True), "tflops": (_NUM, True), "peak_fraction": (_NUM, True), "throughput": (_NUM, False),
-    "throughput_unit": (_STR, False), "speedup": (_NUM, True), "saved_bytes": (_INT, True), "memory": (_DICT, True),
+    "throughput_unit": (_STR, False), "speedup": (_NUM, True), "speedups": (_DICT, False), "saved_bytes": (_INT, True),
+    "memory": (_DICT, True),
 }
 MODEL_NULL_UNLESS_OK = tuple(MODEL_WHEN_OK)
 OP_ALWAYS = {
@@ -148,6 +150,9 @@ def _model_record(record: dict, where: str, problems: list[str]) -> None:
         _fields(record, MODEL_WHEN_OK, where, problems)
         if _is(record.get("ms"), _NUM) and record["ms"] <= 0:
             problems.append(f"{where}.ms: must be > 0, got {record['ms']!r}")
+        for other, ratio in (record.get("speedups") or {}).items():
+            if not _is(ratio, _NUM):
+                problems.append(f"{where}.speedups[{other!r}]: expected number, got {ratio!r}")
     else:
         for key in MODEL_NULL_UNLESS_OK:
             if record.get(key) is not None:

@@ -53,7 +53,7 @@ def _blank(provider: str, base: dict, status: str, reason: str | None) -> dict:
     return dict(
         base, provider=provider, status=status, reason=reason, ms=None, ms_min=None, ms_max=None, ms_iqr=None,
         samples=0, calls_per_sample=0, flops=None, tflops=None, peak_fraction=None, throughput=None,
-        throughput_unit=None, speedup=None, saved_bytes=None, memory=None,
+        throughput_unit=None, speedup=None, speedups=None, saved_bytes=None, memory=None,
     )
 
 
@@ -115,10 +115,12 @@ def run_case(mode: str, shape: Shape, dtype: str, plan: Plan, peaks: dict, skip_
             except Exception as error:
                 record["memory"] = dict(record["memory"] or {}, saved_bytes_error=f"{type(error).__name__}: {error}")
         records[provider] = record
-    baseline = records.get(BASELINE)
+    timed = {provider: record["ms"] for provider, record in records.items() if record["status"] == "ok"}
     for record in records.values():
-        if record["status"] == "ok" and baseline is not None and baseline["status"] == "ok":
-            record["speedup"] = baseline["ms"] / record["ms"]
+        if record["status"] == "ok":
+            record["speedups"] = {other: ms / record["ms"] for other, ms in timed.items() if other != record["provider"]}
+            if BASELINE in timed:
+                record["speedup"] = timed[BASELINE] / record["ms"]
     return [records[provider] for provider in plan.providers]
 
 
