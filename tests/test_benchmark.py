@@ -234,3 +234,25 @@ def test_failing_provider_is_recorded_and_fails_the_run(tmp_path, monkeypatch, c
     broken = next(r for r in document["records"] if r["provider"] == "unet_fast")
     assert broken["status"] == "error" and "kernel exploded" in broken["reason"] and broken["ms"] is None
     assert next(r for r in document["records"] if r["provider"] == "reference")["status"] == "ok"
+
+
+@pytest.mark.gpu
+def test_quick_run_on_cuda(tmp_path):
+    # The CUDA branches: event timing, max_memory_allocated, the bf16 matmul peak. Compile is left
+    # out to keep the GPU test stage short; the bench stages run it.
+    out = tmp_path / "bench.json"
+    argv = ["--quick", "--device", "cuda", "--no-ops", "--dtypes", "fp32,bf16", "--json", str(out),
+            "--providers", "reference,reference-cl,unet_fast,unet_fast-recompute"]
+    assert benchmark.main(argv) == 0
+    document = json.loads(out.read_text())
+    schema.check(document)
+    assert document["environment"]["device_type"] == "cuda" and document["environment"]["gpu_capability"]
+    assert document["peaks"]["matmul"]["dtype"] == "bfloat16" and document["peaks"]["matmul"]["size"] == 8192
+    ok = [r for r in document["records"] if r["status"] == "ok"]
+    assert {(r["provider"], r["dtype"]) for r in ok if r["mode"] == "train-step"} >= {
+        ("reference", "fp32"), ("reference", "bf16"), ("reference-cl", "bf16")
+    }
+    for record in ok:
+        assert record["memory"]["peak_bytes"] >= record["memory"]["peak_over_start_bytes"] > 0
+        if record["mode"] == "train-step":
+            assert record["saved_bytes"] > 0
