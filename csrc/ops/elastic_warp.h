@@ -18,6 +18,14 @@
 #define UF_UNROLL  // gcc unrolls these fixed 4-trip loops itself
 #endif
 
+// UF_HOST_DEVICE, but always inlined on the host too: the per-pixel call chain must collapse into
+// the row loop (a shared library would otherwise call these through the PLT, one call per pixel).
+#if defined(__CUDACC__) || !defined(__GNUC__)
+#define UF_WARP_INLINE UF_HOST_DEVICE
+#else
+#define UF_WARP_INLINE inline __attribute__((always_inline))
+#endif
+
 namespace unet_fast {
 namespace elastic {
 
@@ -28,26 +36,56 @@ enum class Padding : int { kZeros = 0, kBorder = 1, kReflection = 2 };
 // changes no result for zeros/border padding and keeps the integer conversions defined.
 constexpr double kCoordinateLimit = 4194304.0;
 
-UF_HOST_DEVICE float uf_floor(float x) { return ::floorf(x); }
-UF_HOST_DEVICE double uf_floor(double x) { return ::floor(x); }
-UF_HOST_DEVICE float uf_nearbyint(float x) { return ::nearbyintf(x); }
-UF_HOST_DEVICE double uf_nearbyint(double x) { return ::nearbyint(x); }
-UF_HOST_DEVICE float uf_fmod(float x, float y) { return ::fmodf(x, y); }
-UF_HOST_DEVICE double uf_fmod(double x, double y) { return ::fmod(x, y); }
-UF_HOST_DEVICE float uf_fabs(float x) { return ::fabsf(x); }
-UF_HOST_DEVICE double uf_fabs(double x) { return ::fabs(x); }
-UF_HOST_DEVICE float uf_pow(float x, float y) { return ::powf(x, y); }
-UF_HOST_DEVICE double uf_pow(double x, double y) { return ::pow(x, y); }
+UF_WARP_INLINE float uf_floor(float x) { return ::floorf(x); }
+UF_WARP_INLINE double uf_floor(double x) { return ::floor(x); }
+UF_WARP_INLINE float uf_fmod(float x, float y) { return ::fmodf(x, y); }
+UF_WARP_INLINE double uf_fmod(double x, double y) { return ::fmod(x, y); }
+UF_WARP_INLINE float uf_fabs(float x) { return ::fabsf(x); }
+UF_WARP_INLINE double uf_fabs(double x) { return ::fabs(x); }
+UF_WARP_INLINE float uf_pow(float x, float y) { return ::powf(x, y); }
+UF_WARP_INLINE double uf_pow(double x, double y) { return ::pow(x, y); }
 
 template <typename T>
-UF_HOST_DEVICE T uf_clamp(T x, T lo, T hi) {
+UF_WARP_INLINE T uf_clamp(T x, T lo, T hi) {
   return x < lo ? lo : (x > hi ? hi : x);
+}
+
+// floor(x) as an integer for |x| <= kCoordinateLimit. On the host without SSE4.1, floorf and
+// nearbyintf are library calls that cost more than the rest of a pixel; these are exact instead.
+template <typename acc_t>
+UF_WARP_INLINE int64_t floor_index(acc_t x) {
+#if defined(__CUDA_ARCH__)
+  return static_cast<int64_t>(uf_floor(x));
+#else
+  const int64_t truncated = static_cast<int64_t>(x);  // toward zero
+  return acc_t(truncated) > x ? truncated - 1 : truncated;
+#endif
+}
+
+// nearbyint(x) (round half to even, grid_sample's nearest) as an integer for |x| <= kCoordinateLimit.
+UF_WARP_INLINE int64_t round_half_even_index(double x) {
+#if defined(__CUDA_ARCH__)
+  return __double2ll_rn(x);
+#else
+  const int64_t below = floor_index(x);
+  const double fraction = x - double(below);  // exact: x and below share the binade or below is 0
+  // Branch-free: the fraction is random, so a branch here would mispredict half the time.
+  return below + int64_t(fraction > 0.5) + (int64_t(fraction == 0.5) & below & 1);
+#endif
+}
+
+UF_WARP_INLINE int64_t round_half_even_index(float x) {
+#if defined(__CUDA_ARCH__)
+  return __float2ll_rn(x);
+#else
+  return round_half_even_index(static_cast<double>(x));  // float -> double and x + 0.5 stay exact
+#endif
 }
 
 // Keys' cubic convolution weights with A = -0.75 for the taps at offsets -1, 0, 1, 2 of a point
 // at fraction t in [0, 1) past tap 0: PyTorch's get_cubic_upsample_coefficients.
 template <typename acc_t>
-UF_HOST_DEVICE void cubic_weights(acc_t t, acc_t w[4]) {
+UF_WARP_INLINE void cubic_weights(acc_t t, acc_t w[4]) {
   const acc_t A = acc_t(-0.75);
   const acc_t near1 = t, near2 = acc_t(1) - t;          // |offset| <= 1
   const acc_t far1 = t + acc_t(1), far2 = near2 + acc_t(1);  // 1 < |offset| < 2
@@ -60,7 +98,7 @@ UF_HOST_DEVICE void cubic_weights(acc_t t, acc_t w[4]) {
 // grid_sample's reflect_coordinates(x, 0, 2 * (size - 1)) followed by its clip: reflection about
 // the centres of pixels 0 and size - 1 (scipy.ndimage mode "mirror").
 template <typename acc_t>
-UF_HOST_DEVICE acc_t reflect_coordinate(acc_t x, int64_t size) {
+UF_WARP_INLINE acc_t reflect_coordinate(acc_t x, int64_t size) {
   if (size <= 1) return acc_t(0);
   const acc_t span = acc_t(size - 1);
   if (x >= acc_t(0) && x <= span) return x;  // inside: the general formula returns x unchanged
@@ -74,7 +112,7 @@ UF_HOST_DEVICE acc_t reflect_coordinate(acc_t x, int64_t size) {
 // The padding rule applied to a coordinate: zeros leaves it (taps outside read 0), border clamps
 // it into [0, size - 1], reflection mirrors it there.
 template <Padding P, typename acc_t>
-UF_HOST_DEVICE acc_t pad_coordinate(acc_t x, int64_t size) {
+UF_WARP_INLINE acc_t pad_coordinate(acc_t x, int64_t size) {
   if (P == Padding::kBorder) return uf_clamp(x, acc_t(0), acc_t(size - 1));
   if (P == Padding::kReflection) return reflect_coordinate(x, size);
   return x;
@@ -95,43 +133,55 @@ struct TapCount {
 };
 
 template <Interp I, Padding P, typename acc_t>
-UF_HOST_DEVICE void axis_taps(acc_t coordinate, int64_t size, AxisTaps<acc_t>& taps) {
+UF_WARP_INLINE void axis_taps(acc_t coordinate, int64_t size, AxisTaps<acc_t>& taps) {
+  constexpr bool kPadded = P != Padding::kZeros;  // the padded coordinate lies in [0, size - 1]
   const acc_t limit = acc_t(kCoordinateLimit);
   acc_t x = uf_clamp(coordinate, -limit, limit);
   if (I == Interp::kNearest) {
     x = pad_coordinate<P>(x, size);
-    const int64_t i = static_cast<int64_t>(uf_nearbyint(x));  // grid_sample: round half to even
+    const int64_t i = round_half_even_index(x);  // grid_sample: nearbyint
     taps.index[0] = i;
     taps.weight[0] = acc_t(1);
-    taps.inside[0] = i >= 0 && i < size;
+    taps.inside[0] = kPadded || (i >= 0 && i < size);
   } else if (I == Interp::kBilinear) {
     x = pad_coordinate<P>(x, size);
-    const acc_t x0 = uf_floor(x);
-    const int64_t i = static_cast<int64_t>(x0);
+    const int64_t i = floor_index(x);
+    const acc_t x0 = acc_t(i);
     taps.index[0] = i;
     taps.index[1] = i + 1;
     taps.weight[0] = (x0 + acc_t(1)) - x;  // grid_sample's (ix_se - ix)
     taps.weight[1] = x - x0;
-    taps.inside[0] = i >= 0 && i < size;
-    taps.inside[1] = i + 1 >= 0 && i + 1 < size;
+    taps.inside[0] = kPadded || (i >= 0 && i < size);
+    taps.inside[1] = i + 1 < size && (kPadded || i + 1 >= 0);
   } else {
-    const acc_t x0 = uf_floor(x);
-    cubic_weights(x - x0, taps.weight);
-    const int64_t i = static_cast<int64_t>(x0);
+    const int64_t i = floor_index(x);
+    cubic_weights(x - acc_t(i), taps.weight);
 UF_UNROLL
     for (int k = 0; k < 4; ++k) {
       // Padding applies to each integer tap, so reflected and clamped taps stay integers.
       const int64_t tap = static_cast<int64_t>(pad_coordinate<P>(acc_t(i - 1 + k), size));
       taps.index[k] = tap;
-      taps.inside[k] = tap >= 0 && tap < size;
+      taps.inside[k] = kPadded || (tap >= 0 && tap < size);
     }
   }
+}
+
+// The nearest tap of a padded (border or reflection) coordinate from its bilinear taps: the
+// coordinate is >= 0 there, so the bilinear fraction weight[1] = x - floor(x) is exact and
+// rounding it half to even equals nearbyint(x).
+template <typename acc_t>
+UF_WARP_INLINE void nearest_from_bilinear(const AxisTaps<acc_t>& bilinear, AxisTaps<acc_t>& nearest) {
+  const int64_t below = bilinear.index[0];
+  const acc_t fraction = bilinear.weight[1];
+  nearest.index[0] = below + int64_t(fraction > acc_t(0.5)) + (int64_t(fraction == acc_t(0.5)) & below & 1);
+  nearest.weight[0] = acc_t(1);
+  nearest.inside[0] = true;
 }
 
 // Interpolates one channel plane at the taps (rows ty, columns tx); element (h, w) lives at
 // plane[h * stride_h + w * stride_w].
 template <Interp I, typename T, typename acc_t>
-UF_HOST_DEVICE acc_t sample_plane(const T* plane, int64_t stride_h, int64_t stride_w,
+UF_WARP_INLINE acc_t sample_plane(const T* plane, int64_t stride_h, int64_t stride_w,
                                   const AxisTaps<acc_t>& ty, const AxisTaps<acc_t>& tx) {
   constexpr int n = TapCount<I>::value;
   if (n == 1) {
@@ -157,11 +207,11 @@ UF_UNROLL
 // Bicubic upsampling of a coarse grid to `out_size` positions with align_corners=True, as in
 // F.interpolate: position p maps to p * (grid - 1) / (out - 1); taps are clamped to the grid.
 template <typename acc_t>
-UF_HOST_DEVICE void coarse_axis_taps(int64_t position, int64_t out_size, int64_t grid_size,
+UF_WARP_INLINE void coarse_axis_taps(int64_t position, int64_t out_size, int64_t grid_size,
                                      AxisTaps<acc_t>& taps) {
   const acc_t scale = out_size > 1 ? acc_t(grid_size - 1) / acc_t(out_size - 1) : acc_t(0);
   const acc_t real = scale * acc_t(position);
-  const int64_t i = uf_clamp<int64_t>(static_cast<int64_t>(uf_floor(real)), 0, grid_size - 1);
+  const int64_t i = uf_clamp<int64_t>(floor_index(real), 0, grid_size - 1);
   const acc_t t = uf_clamp(real - acc_t(i), acc_t(0), acc_t(1));
   cubic_weights(t, taps.weight);
 UF_UNROLL
@@ -173,7 +223,7 @@ UF_UNROLL
 
 // One coarse-grid column interpolated along y: sum_k wy[k] * grid[row_k, column].
 template <typename acc_t>
-UF_HOST_DEVICE acc_t coarse_column(const acc_t* grid, int64_t stride_h, int64_t stride_w,
+UF_WARP_INLINE acc_t coarse_column(const acc_t* grid, int64_t stride_h, int64_t stride_w,
                                    const AxisTaps<acc_t>& ty, int64_t column) {
   acc_t value = acc_t(0);
 UF_UNROLL
@@ -183,7 +233,7 @@ UF_UNROLL
 
 // Interpolation of per-column values (already interpolated along y) along x.
 template <typename acc_t>
-UF_HOST_DEVICE acc_t coarse_along_x(const acc_t* columns, const AxisTaps<acc_t>& tx) {
+UF_WARP_INLINE acc_t coarse_along_x(const acc_t* columns, const AxisTaps<acc_t>& tx) {
   acc_t value = acc_t(0);
 UF_UNROLL
   for (int k = 0; k < 4; ++k) value += tx.weight[k] * columns[tx.index[k]];
@@ -194,7 +244,7 @@ UF_UNROLL
 // Without an affine matrix: (y + dy, x + dx). With one, affine = [M | t] row-major (2 x 3) acting
 // on (x, y) about the centre c = ((W - 1) / 2, (H - 1) / 2): c + M (p - c) + t + d.
 template <typename acc_t>
-UF_HOST_DEVICE void source_point(int64_t y, int64_t x, acc_t dy, acc_t dx, const acc_t* affine,
+UF_WARP_INLINE void source_point(int64_t y, int64_t x, acc_t dy, acc_t dx, const acc_t* affine,
                                  int64_t height, int64_t width, acc_t& sy, acc_t& sx) {
   if (affine == nullptr) {
     sy = acc_t(y) + dy;
@@ -210,7 +260,7 @@ UF_HOST_DEVICE void source_point(int64_t y, int64_t x, acc_t dy, acc_t dx, const
 // Gray-value variation of one warped intensity v: contrast * sign(v) |v|^gamma + brightness.
 // Meant for intensities in [0, 1]; the odd extension keeps negative inputs finite.
 template <typename acc_t>
-UF_HOST_DEVICE acc_t vary_intensity(acc_t v, acc_t contrast, acc_t brightness, acc_t gamma) {
+UF_WARP_INLINE acc_t vary_intensity(acc_t v, acc_t contrast, acc_t brightness, acc_t gamma) {
   if (gamma != acc_t(1)) {
     const acc_t magnitude = uf_pow(uf_fabs(v), gamma);
     v = v < acc_t(0) ? -magnitude : magnitude;
@@ -250,7 +300,7 @@ struct WarpPointers {
 };
 
 // Copies one integer element of `bytes` bytes, or writes 0 for a tap outside the image.
-UF_HOST_DEVICE void copy_element(const void* src, int64_t src_index, void* dst, int64_t dst_index,
+UF_WARP_INLINE void copy_element(const void* src, int64_t src_index, void* dst, int64_t dst_index,
                                  int bytes, bool inside) {
   switch (bytes) {
     case 1: static_cast<uint8_t*>(dst)[dst_index] = inside ? static_cast<const uint8_t*>(src)[src_index] : 0; break;
@@ -261,7 +311,7 @@ UF_HOST_DEVICE void copy_element(const void* src, int64_t src_index, void* dst, 
 }
 
 template <typename W, typename acc_t, Padding P>
-UF_HOST_DEVICE void warp_weight(const WarpPointers<acc_t>& p, const WarpGeometry& g, int64_t n,
+UF_WARP_INLINE void warp_weight(const WarpPointers<acc_t>& p, const WarpGeometry& g, int64_t n,
                                 int64_t out_index, const AxisTaps<acc_t>& ty, const AxisTaps<acc_t>& tx) {
   const W* weight = static_cast<const W*>(p.weight) + n * g.weight.n;
   static_cast<W*>(p.weight_out)[out_index] =
@@ -273,7 +323,7 @@ UF_HOST_DEVICE void warp_weight(const WarpPointers<acc_t>& p, const WarpGeometry
 // weight with bilinear, all with padding P. T is the image element type (for integer images an
 // unsigned type of the same size); acc_t is the arithmetic type.
 template <typename T, typename acc_t, Interp I, Padding P, bool kFloatImage>
-UF_HOST_DEVICE void warp_pixel(const WarpPointers<acc_t>& p, const WarpGeometry& g, int64_t n,
+UF_WARP_INLINE void warp_pixel(const WarpPointers<acc_t>& p, const WarpGeometry& g, int64_t n,
                                int64_t i, int64_t j, acc_t dy, acc_t dx) {
   acc_t sy, sx;
   source_point(i + g.offset_y, j + g.offset_x, dy, dx, p.affine ? p.affine + 6 * n : nullptr,
@@ -299,7 +349,10 @@ UF_HOST_DEVICE void warp_pixel(const WarpPointers<acc_t>& p, const WarpGeometry&
   const int64_t plain_index = (n * g.out_height + i) * g.out_width + j;  // contiguous (N, h, w)
   if (p.label != nullptr) {
     AxisTaps<acc_t> ly = ty, lx = tx;
-    if (I != Interp::kNearest) {
+    if constexpr (I == Interp::kBilinear && P != Padding::kZeros) {
+      nearest_from_bilinear(ty, ly);
+      nearest_from_bilinear(tx, lx);
+    } else if constexpr (I != Interp::kNearest) {
       axis_taps<Interp::kNearest, P>(sy, g.height, ly);
       axis_taps<Interp::kNearest, P>(sx, g.width, lx);
     }
@@ -325,7 +378,7 @@ UF_HOST_DEVICE void warp_pixel(const WarpPointers<acc_t>& p, const WarpGeometry&
 // The displacement of output row y (already clamped into the image), for a dense field at column
 // x (clamped too).
 template <typename acc_t>
-UF_HOST_DEVICE void dense_displacement(const acc_t* field, const TensorStrides& s, int64_t n,
+UF_WARP_INLINE void dense_displacement(const acc_t* field, const TensorStrides& s, int64_t n,
                                        int64_t y, int64_t x, acc_t& dy, acc_t& dx) {
   const acc_t* at = field + n * s.n + y * s.h + x * s.w;
   dy = at[0];

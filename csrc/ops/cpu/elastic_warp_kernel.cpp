@@ -15,17 +15,23 @@ namespace elastic {
 namespace {
 
 template <typename T, typename acc_t, Interp I, Padding P, bool kFloatImage>
-void warp_cpu(const WarpPointers<acc_t>& p, const WarpGeometry& g) {
-  const int64_t gw = g.grid_width;
+void warp_cpu(const WarpPointers<acc_t>& pointers, const WarpGeometry& geometry) {
+  const int64_t gw = geometry.grid_width;
   std::vector<AxisTaps<acc_t>> x_taps;
-  if (!g.dense) {
-    x_taps.resize(g.out_width);
-    for (int64_t j = 0; j < g.out_width; ++j)
-      coarse_axis_taps(uf_clamp<int64_t>(j + g.offset_x, 0, g.width - 1), g.width, gw, x_taps[j]);
+  if (!geometry.dense) {
+    x_taps.resize(geometry.out_width);
+    for (int64_t j = 0; j < geometry.out_width; ++j) {
+      const int64_t x = uf_clamp<int64_t>(j + geometry.offset_x, 0, geometry.width - 1);
+      coarse_axis_taps(x, geometry.width, gw, x_taps[j]);
+    }
   }
-  const int64_t rows = g.batch * g.out_height;
-  const int64_t grain = std::max<int64_t>(1, 16384 / g.out_width);
+  const int64_t rows = geometry.batch * geometry.out_height;
+  const int64_t grain = std::max<int64_t>(1, 16384 / geometry.out_width);
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    // Local copies: label stores through char-sized pointers could alias the originals and force
+    // reloads of every field per pixel.
+    const WarpGeometry g = geometry;
+    const WarpPointers<acc_t> p = pointers;
     std::vector<acc_t> columns(g.dense ? 0 : 2 * gw);  // per grid column: (dy, dx) along this row
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / g.out_height, i = row % g.out_height;
