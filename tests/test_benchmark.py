@@ -93,13 +93,17 @@ def test_main_rejects_cuda_without_gpu(capsys):
 def test_op_script_records_join_the_suite(tmp_path, monkeypatch):
     # bench_conv: a "records" list, main returns an exit status, rejects --device: retried without it.
     (tmp_path / "bench_conv.py").write_text(
-        "import argparse, json\n"
+        "import argparse, dataclasses, json\n"
+        "@dataclasses.dataclass\n"  # dataclasses need the module registered in sys.modules
+        "class Case:\n"
+        "    name: str\n"
         "def main(argv):\n"
         "    parser = argparse.ArgumentParser()\n"
         "    parser.add_argument('--json')\n"
         "    parser.add_argument('--quick', action='store_true')\n"
         "    args = parser.parse_args(argv)\n"
-        "    rows = [{'name': 'enc0', 'provider': 'fused', 'dtype': 'bf16', 'ms': 1.5, 'ratio': 1.3, 'tflops': 2.0},\n"
+        "    rows = [{'name': 'enc0', 'provider': 'fused', 'dtype': 'bf16', 'ms': 1.5, 'ratio': 1.3, 'tflops': 2.0,\n"
+        "             'mode': 'fwd', 'batch': 8, 'speedup_vs_eager': 1.4},\n"
         "            {'name': 'enc1', 'provider': 'fused', 'status': 'skipped', 'reason': 'no GPU'},\n"
         "            {'name': 'junk'}]\n"
         "    json.dump({'records': rows}, open(args.json, 'w'))\n"
@@ -127,6 +131,7 @@ def test_op_script_records_join_the_suite(tmp_path, monkeypatch):
         ("bench_weight_map", "size=512x512 batch=2", "scipy", "skipped"),
     ]
     assert records[0]["speedup"] == 1.3 and records[0]["tflops"] == 2.0 and records[2]["mpixel_per_s"] == 9.0
+    assert (records[0]["mode"], records[0]["batch"], records[0]["speedup_vs_eager"]) == ("fwd", 8, 1.4)
     problems = []
     for index, record in enumerate(records):
         schema._op_record(record, f"records[{index}]", problems)

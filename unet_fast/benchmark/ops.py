@@ -10,6 +10,7 @@ Rows become suite records of kind "op" (see ``unet_fast.benchmark.schema``), so 
 numbers share one format: entries of the script's ``"records"`` (or ``"results"``) list that have
 a ``name`` and an ``ms``, and, for scripts organised as ``"cases": [{..., "providers": {provider:
 {"ms": ..., ...}}}]``, one record per case and provider, named by the case's scalar fields.
+A row's ``mode`` (str), ``batch`` (int) and numeric ``speedup_vs_<provider>`` fields are kept.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import importlib.util
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,9 +36,16 @@ def benchmarks_dir() -> Path:
 
 
 def _load(path: Path):
-    spec = importlib.util.spec_from_file_location(f"unet_fast_benchmarks_{path.stem}", path)
+    name = f"unet_fast_benchmarks_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    # Registered before running it: dataclasses and pickling look the module up by name.
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
     return module
 
 
@@ -68,6 +77,8 @@ def op_records(script: str, result) -> list[dict]:
     rows = result.get("records", result.get("results"))
     if not isinstance(rows, list):
         rows = _rows_from_cases(result.get("cases"))
+    environment = result.get("environment") if isinstance(result.get("environment"), dict) else {}
+    default_dtype = result.get("dtype", environment.get("dtype", ""))  # a script-wide dtype
     records = []
     for row in rows:
         if not isinstance(row, dict) or not isinstance(row.get("name"), str):
@@ -80,7 +91,7 @@ def op_records(script: str, result) -> list[dict]:
             "benchmark": script,
             "name": row["name"],
             "provider": str(row.get("provider", "")),
-            "dtype": str(row.get("dtype", "")),
+            "dtype": str(row.get("dtype", default_dtype)),
             "status": status,
             "reason": row.get("reason") if status != "ok" else None,
         }
@@ -89,6 +100,11 @@ def op_records(script: str, result) -> list[dict]:
         for key in PASSED_FIELDS:
             if key in row and (_number(row[key]) or (key == "backend" and isinstance(row[key], str))):
                 record[key] = row[key]
+        if isinstance(row.get("mode"), str):
+            record["mode"] = row["mode"]
+        if isinstance(row.get("batch"), int) and not isinstance(row["batch"], bool):
+            record["batch"] = row["batch"]
+        record.update({key: value for key, value in row.items() if key.startswith("speedup_vs_") and _number(value)})
         if _number(row.get("ratio")):
             record["speedup"] = row["ratio"]
         elif _number(row.get("speedup")):

@@ -44,7 +44,8 @@ A record of kind "op" (from an op benchmark script's "records"):
 
     kind "op"; benchmark (script name); name; provider; dtype (str, may be ""); status;
     reason; when ok, ms (number); optional numbers tflops, gbps, bandwidth_fraction,
-    peak_fraction, mpixel_per_s, flops, bytes, speedup, and backend (str).
+    peak_fraction, mpixel_per_s, flops, bytes, speedup and speedup_vs_<provider>; backend and
+    mode (str); batch (int).
 """
 from __future__ import annotations
 
@@ -111,7 +112,7 @@ OP_ALWAYS = {
 OP_OPTIONAL = {
     "tflops": (_NUM, False), "gbps": (_NUM, False), "bandwidth_fraction": (_NUM, False), "peak_fraction": (_NUM, False),
     "mpixel_per_s": (_NUM, False), "flops": (_NUM, False), "bytes": (_NUM, False), "speedup": (_NUM, False),
-    "backend": (_STR, False),
+    "backend": (_STR, False), "mode": (_STR, False), "batch": (_INT, False),
 }
 OP_ENTRY = {
     "name": (_STR, False), "path": (_STR, False), "status": (_STR, False), "reason": (_STR, True),
