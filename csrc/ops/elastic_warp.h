@@ -318,16 +318,13 @@ UF_WARP_INLINE void warp_weight(const WarpPointers<acc_t>& p, const WarpGeometry
       static_cast<W>(sample_plane<Interp::kBilinear>(weight, g.weight.h, g.weight.w, ty, tx));
 }
 
-// Warps output pixel (i, j) of sample n, whose displacement is (dy, dx): every image channel with
-// interpolation I (integer images: nearest, copied bit-exactly), the label with nearest, the
-// weight with bilinear, all with padding P. T is the image element type (for integer images an
-// unsigned type of the same size); acc_t is the arithmetic type.
+// Warps output pixel (i, j) of sample n, which samples the input at (sy, sx) (see source_point):
+// every image channel with interpolation I (integer images: nearest, copied bit-exactly), the
+// label with nearest, the weight with bilinear, all with padding P. T is the image element type
+// (for integer images an unsigned type of the same size); acc_t is the arithmetic type.
 template <typename T, typename acc_t, Interp I, Padding P, bool kFloatImage>
 UF_WARP_INLINE void warp_pixel(const WarpPointers<acc_t>& p, const WarpGeometry& g, int64_t n,
-                               int64_t i, int64_t j, acc_t dy, acc_t dx) {
-  acc_t sy, sx;
-  source_point(i + g.offset_y, j + g.offset_x, dy, dx, p.affine ? p.affine + 6 * n : nullptr,
-               g.height, g.width, sy, sx);
+                               int64_t i, int64_t j, acc_t sy, acc_t sx) {
   AxisTaps<acc_t> ty, tx;
   axis_taps<I, P>(sy, g.height, ty);
   axis_taps<I, P>(sx, g.width, tx);

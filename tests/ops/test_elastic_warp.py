@@ -107,11 +107,11 @@ def test_coarse_field_equals_interpolated_dense_field(mode):
         torch.testing.assert_close(out.double(), expected, rtol=0, atol=FP32_RTOL * image.abs().max().item())
 
 
-@pytest.mark.parametrize("grid", [(1, 1), (2, 3), (3, 3)])
-def test_tiny_coarse_grids(grid):
-    image, _ = _inputs(n=1, c=1, height=9, width=10)
+@pytest.mark.parametrize("grid", [(1, 1), (2, 3), (3, 3), (5, 20)])  # (5, 20): wider than the CPU's weight table
+def test_coarse_grid_sizes(grid):
+    image, _ = _inputs(n=1, c=1, height=9, width=31)
     coarse = torch.randn(1, 2, *grid) * 2
-    dense = F.interpolate(coarse, size=(9, 10), mode="bicubic", align_corners=True)
+    dense = F.interpolate(coarse, size=(9, 31), mode="bicubic", align_corners=True)
     out = elastic_warp(image, coarse)
     torch.testing.assert_close(out, elastic_warp(image, dense), rtol=0, atol=FP32_RTOL * image.abs().max().item())
 
