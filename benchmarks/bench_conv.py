@@ -15,8 +15,8 @@ Reported per shape: milliseconds (triton.testing.do_bench, median), TFLOP/s (2 F
 backward adds the weight gradient and, where the input needs one, the input gradient), the bytes
 each provider must move at least (a traffic model: each tensor an op reads or writes counted once),
 the speedup of fused over eager and over compile, and which backend the fused op ran. A summary
-sums the times over all shapes. Without CUDA the script says so and times one tiny shape of the
-"torch" backend on the CPU, which only checks that the script runs.
+sums the times over all shapes. Without CUDA (or with --device cpu) the script says so and times
+one tiny shape of the "torch" backend on the CPU, which only checks that the script runs.
 """
 from __future__ import annotations
 
@@ -170,13 +170,21 @@ def measure(block, shape: ConvShape, mode: str, dtype, device) -> float:
     return time_ms(step, device)
 
 
+# --quick: one shape per kind (pooled encoder conv, deep conv, decoder conv with crop-concat)
+QUICK_LAYERS = ("enc0.conv2", "enc3.conv1", "dec1.conv1")
+
+
 def run(args) -> dict:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("bench_conv: --device cuda, but no CUDA device is available")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = DTYPES[args.dtype]
     if device.type == "cuda":
         shapes = [s for batch in args.batch for s in unet_conv_shapes(args.size, batch)]
+        if args.quick:
+            shapes = [s for s in shapes if s.name in QUICK_LAYERS]
         blocks = {"fused": fused_block("triton"), "auto": fused_block("auto"), "eager": eager_block}
-        if "compile" in args.providers:
+        if "compile" in args.providers and not args.quick:
             blocks["compile"] = torch.compile(eager_block, mode="max-autotune", dynamic=False)
         fused_backend = "triton"
     else:
@@ -195,7 +203,7 @@ def run(args) -> dict:
             times = {p: measure(blocks[p], shape, mode, dtype, device) for p in providers}
             for provider, ms in times.items():
                 row = {
-                    **asdict(shape), "mode": mode, "provider": provider, "ms": ms,
+                    **asdict(shape), "mode": mode, "provider": provider, "dtype": str(dtype).replace("torch.", ""), "ms": ms,
                     "tflops": flops(shape, mode) / ms / 1e9,
                     "bytes": traffic_bytes(shape, mode, "fused" if provider == "fused" else "eager", itemsize),
                     "backend": _backend_label(provider, fused_backend, shape, device),
@@ -266,9 +274,11 @@ def main(argv=None) -> int:
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--providers", nargs="+", choices=PROVIDERS, default=list(PROVIDERS))
     parser.add_argument("--layers", nargs="+", help="only shapes whose name contains one of these, e.g. enc0 dec3.conv1")
+    parser.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when available; cpu runs a tiny smoke shape")
+    parser.add_argument("--quick", action="store_true", help=f"batch 1, shapes {', '.join(QUICK_LAYERS)}, no torch.compile")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON here")
     args = parser.parse_args(argv)
-    args.batch = args.batch or [1, 8]
+    args.batch = args.batch or ([1] if args.quick else [1, 8])
     report = run(args)
     if args.json:
         with open(args.json, "w") as file:
