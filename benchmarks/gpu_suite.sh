@@ -14,9 +14,9 @@
 #   bench-ops   the op-level benchmark scripts (benchmarks/bench_*.py) through the suite
 #   bench-full  the suite with torch.compile mode max-autotune, paper model at batch 8
 #
-# Each stage is sized to finish within 10 minutes on an H100: the suite gets a time budget
-# (SUITE_DEADLINE_S, default 450 s after the script started, minus what the build took) and
-# records the cases it had no time for as skipped. OUTDIR gets <stage>.log, the JSON and PNG of
+# Each stage is sized to finish within 10 minutes on an H100: the suite stops starting cases
+# SUITE_DEADLINE_S (default 450) seconds after the script started and records the rest as
+# skipped; every command is killed at HARD_DEADLINE_S (default 570) seconds. OUTDIR gets <stage>.log, the JSON and PNG of
 # the stage and summary.txt (one line per step: name, exit status, seconds). Options after OUTDIR
 # go to the suite (`unet-fast bench --help`), e.g. `bench OUT-fp32 --dtypes fp32` to split a
 # stage that the budget cuts short over two calls.
@@ -39,6 +39,7 @@ cd "$ROOT"
 PYTHON=${PYTHON:-python3}
 export MAX_JOBS=${MAX_JOBS:-16}
 SUITE_DEADLINE_S=${SUITE_DEADLINE_S:-450}
+HARD_DEADLINE_S=${HARD_DEADLINE_S:-570}
 
 if [[ "$STAGE" == stamp ]]; then
   commit=$(git rev-parse HEAD) || exit 1
@@ -79,10 +80,20 @@ build() {
 assert info['extension'] and info['cuda_kernels'], 'the CUDA extension did not load'"
 }
 
+# Seconds left until the hard deadline, at least $1.
+left() {
+  local seconds=$((HARD_DEADLINE_S - SECONDS))
+  (( seconds < $1 )) && seconds=$1
+  echo "$seconds"
+}
+
+# The suite stops starting cases at SUITE_DEADLINE_S and is killed at HARD_DEADLINE_S; its JSON is
+# rewritten after every case, so a killed run leaves what it measured ("complete": false).
 suite() {
   local budget=$((SUITE_DEADLINE_S - SECONDS))
   (( budget < 60 )) && budget=60
-  "$PYTHON" -m unet_fast.benchmark --device cuda --time-budget "$budget" "$@" "${SUITE_OPTIONS[@]}"
+  timeout --kill-after=15 "$(left 90)" \
+    "$PYTHON" -m unet_fast.benchmark --device cuda --time-budget "$budget" "$@" "${SUITE_OPTIONS[@]}"
 }
 
 if [[ -z "${UNET_FAST_COMMIT:-}" && ! -d .git && ! -s COMMIT && ! -s unet_fast/_commit.txt ]]; then
@@ -97,7 +108,8 @@ case "$STAGE" in
   build) ;;
   test)
     failed=0
-    step pytest timeout 420 "$PYTHON" -m pytest -q -rs -p no:cacheprovider tests \
+    # pytest gets what the deadline leaves after reserving 150 s for memcheck.
+    step pytest timeout "$(( $(left 240) - 150 ))" "$PYTHON" -m pytest -q -rs -p no:cacheprovider tests \
       --junitxml "$OUTDIR/pytest.xml" || failed=1
     SANITIZER=$(command -v compute-sanitizer || ls "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer" 2>/dev/null)
     if [[ -n "$SANITIZER" ]]; then
@@ -105,7 +117,7 @@ case "$STAGE" in
       for extra in tests/ops/test_elastic*.py; do [[ -f "$extra" ]] && kernel_tests+=("$extra"); done
       # Without the caching allocator every tensor is its own allocation, so memcheck sees its bounds.
       export PYTORCH_NO_CUDA_MEMORY_CACHING=1
-      step memcheck timeout 150 "$SANITIZER" --tool memcheck --error-exitcode 99 \
+      step memcheck timeout "$(left 60)" "$SANITIZER" --tool memcheck --error-exitcode 99 \
         "$PYTHON" -m pytest -q -p no:cacheprovider -m gpu "${kernel_tests[@]}"
       status=$?
       unset PYTORCH_NO_CUDA_MEMORY_CACHING

@@ -167,6 +167,7 @@ def test_quick_run_covers_every_provider_and_mode(quick_run):
     code, document, out = quick_run
     assert code == 0
     schema.check(document)
+    assert document["complete"] is True
     model = [r for r in document["records"] if r["kind"] == "model"]
     seen = {(r["provider"], r["mode"]) for r in model}
     assert seen == {(p, m) for p in cases.PROVIDERS for m in cases.MODES}
@@ -261,3 +262,15 @@ def test_quick_run_on_cuda(tmp_path):
         assert record["memory"]["peak_bytes"] >= record["memory"]["peak_over_start_bytes"] > 0
         if record["mode"] == "train-step":
             assert record["saved_bytes"] > 0
+
+
+def test_checkpoints_are_valid_partial_documents():
+    from unet_fast.benchmark.suite import run_suite
+
+    plan = cases.make_plan("cpu", quick=True, full=False, providers=("reference",), modes=("forward", "train-step"))
+    partial = []
+    document = run_suite(plan, ops=False, log=lambda line: None, checkpoint=lambda doc: partial.append(copy.deepcopy(doc)))
+    assert [len(doc["records"]) for doc in partial] == [1, 2]
+    for doc in partial:
+        assert doc["complete"] is False and schema.validate(doc) == []
+    assert document["complete"] is True and document["records"] == partial[-1]["records"]

@@ -43,8 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _write_json(path: str, document: dict) -> None:
+    """Writes atomically: a reader (or a killed run) never sees half a file."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    partial.write_text(json.dumps(document, indent=1) + "\n")
+    partial.replace(target)
+
+
 def run(argv: list[str] | None = None) -> dict:
-    """Parses ``argv`` like ``main``, runs the suite and returns the result document."""
+    """Parses ``argv`` like ``main``, runs the suite and returns the result document (with
+    ``--json``, also written after every case while it runs)."""
     import torch
 
     from unet_fast.benchmark.suite import run_suite
@@ -59,7 +69,8 @@ def run(argv: list[str] | None = None) -> dict:
         device, quick=args.quick, full=args.full, providers=args.providers, modes=args.modes, dtypes=args.dtypes,
         shapes=args.shapes, time_budget_s=args.time_budget,
     )
-    return run_suite(plan, ops=args.ops, log=lambda line: print(line, flush=True))
+    checkpoint = (lambda document: _write_json(args.json, document)) if args.json else None
+    return run_suite(plan, ops=args.ops, log=lambda line: print(line, flush=True), checkpoint=checkpoint)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,8 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(document))
     problems = validate(document)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(document, indent=1) + "\n")
+        _write_json(args.json, document)
         print(f"\nwrote {args.json}")
     if args.plot:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)

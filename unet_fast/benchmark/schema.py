@@ -3,6 +3,8 @@
 Top level (an object):
 
     schema_version   int, 1
+    complete         bool: false in a file written while the run was still going (it was cut
+                     short if it stays false)
     environment      object: date (ISO 8601 UTC), device_type ("cpu"|"cuda"), device_name,
                      device_slug (directory name for benchmarks/results/<slug>/), cpu_threads,
                      python, platform, torch, triton (str|null), cuda_runtime (str|null),
@@ -182,6 +184,8 @@ def validate(document) -> list[str]:
     if isinstance(peaks, dict):
         _fields(peaks.get("matmul"), MATMUL, "peaks.matmul", problems)
         _fields(peaks.get("copy"), COPY, "peaks.copy", problems)
+    if not _is(document.get("complete"), _BOOL):
+        problems.append(f"complete: expected bool, got {document.get('complete')!r}")
     if not _is(document.get("seconds"), _NUM):
         problems.append(f"seconds: expected a number, got {document.get('seconds')!r}")
     records = document.get("records")

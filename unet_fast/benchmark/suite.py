@@ -133,19 +133,26 @@ def _release(device: torch.device, compiled: bool) -> None:
         torch.cuda.empty_cache()
 
 
-def run_suite(plan: Plan, *, ops: bool = True, log: Callable[[str], None] = print) -> dict:
+def run_suite(
+    plan: Plan,
+    *,
+    ops: bool = True,
+    log: Callable[[str], None] = print,
+    checkpoint: Callable[[dict], None] | None = None,
+) -> dict:
     """Runs every case of ``plan`` and, with ``ops``, the op scripts. Returns the JSON document
-    described in ``unet_fast.benchmark.schema``."""
+    described in ``unet_fast.benchmark.schema``. ``checkpoint``, when given, receives the document
+    so far (``complete`` false) after every case, so that a run killed midway leaves its results."""
     previous = torch.backends.cudnn.benchmark
     # Fixed shapes: let cuDNN pick its fastest algorithms, as a tuned eager baseline would.
     torch.backends.cudnn.benchmark = plan.cudnn_benchmark
     try:
-        return _run_suite(plan, ops, log)
+        return _run_suite(plan, ops, log, checkpoint or (lambda document: None))
     finally:
         torch.backends.cudnn.benchmark = previous
 
 
-def _run_suite(plan: Plan, ops: bool, log: Callable[[str], None]) -> dict:
+def _run_suite(plan: Plan, ops: bool, log: Callable[[str], None], checkpoint: Callable[[dict], None]) -> dict:
     started = time.monotonic()
     device = torch.device(plan.device)
     environment = describe(device)
@@ -157,7 +164,22 @@ def _run_suite(plan: Plan, ops: bool, log: Callable[[str], None]) -> dict:
         f"measured peaks: {peaks['matmul']['dtype']} matmul {peaks['matmul']['tflops']:.2f} TFLOP/s, "
         f"copy {peaks['copy']['gbps']:.1f} GB/s"
     )
-    records: list[dict] = []
+    document = {
+        "schema_version": SCHEMA_VERSION,
+        "complete": False,
+        "environment": environment,
+        "settings": {
+            "quick": plan.quick, "full": plan.full, "device": plan.device, "compile_mode": plan.compile_mode,
+            "providers": list(plan.providers), "modes": list(plan.modes), "dtypes": list(plan.dtypes),
+            "shapes": [shape.name for shape in plan.shapes], "baseline": BASELINE, "warmup": plan.warmup,
+            "rounds": plan.rounds, "min_sample_ms": plan.min_sample_ms, "time_budget_s": plan.time_budget_s,
+            "cudnn_benchmark": plan.cudnn_benchmark, "ops": ops,
+        },
+        "peaks": peaks,
+        "records": [],
+        "op_benchmarks": [],
+        "seconds": 0.0,
+    }
     for dtype in plan.dtypes:
         for shape in plan.shapes:
             for mode in plan.modes:
@@ -168,33 +190,21 @@ def _run_suite(plan: Plan, ops: bool, log: Callable[[str], None]) -> dict:
                 case_started = time.monotonic()
                 case = run_case(mode, shape, dtype, plan, peaks, reason)
                 _release(device, compiled="reference-compile" in plan.providers)
-                records.extend(case)
+                document["records"].extend(case)
+                document["seconds"] = time.monotonic() - started
+                checkpoint(document)
                 summary = ", ".join(
                     f"{r['provider']} {r['ms']:.2f} ms" if r["status"] == "ok" else f"{r['provider']} {r['status']}"
                     for r in case
                 )
                 log(f"[{time.monotonic() - case_started:6.1f} s] {mode} {shape.name} {dtype}: {summary}")
-    op_entries = []
     if ops:
-        op_entries, op_rows = run_op_benchmarks(plan.device, plan.quick, log)
+        document["op_benchmarks"], op_rows = run_op_benchmarks(plan.device, plan.quick, log)
         for row in op_rows:
             # Memory-bound ops: achieved bandwidth against the copy bandwidth measured in this run.
             if "gbps" in row and "bandwidth_fraction" not in row:
                 row["bandwidth_fraction"] = row["gbps"] / peaks["copy"]["gbps"]
-        records.extend(op_rows)
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "environment": environment,
-        "settings": {
-            "quick": plan.quick, "full": plan.full, "device": plan.device, "compile_mode": plan.compile_mode,
-            "providers": list(plan.providers), "modes": list(plan.modes), "dtypes": list(plan.dtypes),
-            "shapes": [shape.name for shape in plan.shapes], "baseline": BASELINE, "warmup": plan.warmup,
-            "rounds": plan.rounds, "min_sample_ms": plan.min_sample_ms, "time_budget_s": plan.time_budget_s,
-            "cudnn_benchmark": plan.cudnn_benchmark,
-            "ops": ops,
-        },
-        "peaks": peaks,
-        "records": records,
-        "op_benchmarks": op_entries,
-        "seconds": time.monotonic() - started,
-    }
+        document["records"].extend(op_rows)
+    document["seconds"] = time.monotonic() - started
+    document["complete"] = True
+    return document
