@@ -375,3 +375,19 @@ def test_cuda_matches_float64_reference(pinned_conv_precision, dtype, batch, c0,
         # within twice PyTorch's own error in this dtype, plus a floor for fp32 (both ~1e-6 there)
         floor = 1e-4 * exact.abs().max().item() if dtype == torch.float32 else 0.0
         assert fused_error <= 2 * eager_error + floor, (fused_error, eager_error)
+
+
+@pytest.mark.gpu
+def test_cuda_auto_backend_picks_per_shape_and_matches(pinned_conv_precision):
+    from unet_fast.ops.conv3x3 import chosen_backends
+
+    inputs = make_inputs(2, 32, 32, 64, 26, 26, (4, 4), True, torch.float16, "cuda")
+    out, grads = run(inputs, True, True, "auto")
+    ref_out, ref_grads = run(inputs, True, True, "torch")
+    for o, r in zip(out, ref_out):
+        torch.testing.assert_close(o, r, atol=2e-2, rtol=2e-2)  # fp16 outputs of unit scale
+    for name in grads:
+        scale = ref_grads[name].abs().max().item()
+        torch.testing.assert_close(grads[name], ref_grads[name], atol=2e-2 * scale, rtol=2e-2)
+    picks = [choice for key, choice in chosen_backends().items() if key[1] == tuple(inputs["x"].shape)]
+    assert sorted(picks) and set(picks) <= {"triton", "aten"} and len(picks) == 2
