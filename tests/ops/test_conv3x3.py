@@ -390,4 +390,4 @@ def test_cuda_auto_backend_picks_per_shape_and_matches(pinned_conv_precision):
         scale = ref_grads[name].abs().max().item()
         torch.testing.assert_close(grads[name], ref_grads[name], atol=2e-2 * scale, rtol=2e-2)
     picks = [choice for key, choice in chosen_backends().items() if key[1] == tuple(inputs["x"].shape)]
-    assert sorted(picks) and set(picks) <= {"triton", "aten"} and len(picks) == 2
+    assert len(picks) == 2 and set(picks) <= {"triton", "aten"}  # forward and backward
