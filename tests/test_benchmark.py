@@ -274,3 +274,16 @@ def test_checkpoints_are_valid_partial_documents():
     for doc in partial:
         assert doc["complete"] is False and schema.validate(doc) == []
     assert document["complete"] is True and document["records"] == partial[-1]["records"]
+
+
+def test_markdown_summary_lists_every_measured_fast_case(quick_run):
+    from unet_fast.benchmark import report
+
+    _, document, _ = quick_run
+    table = report.markdown(document)
+    assert document["environment"]["device_name"] in table.splitlines()[0]
+    fast = [r for r in document["records"] if r["provider"] in report.FAST_PROVIDERS and r["status"] == "ok"]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "unet_fast" in line]
+    assert len(rows) == len(fast)
+    for record, row in zip(fast, rows):
+        assert f"| {record['mode']} | {record['shape']} | {record['dtype']} | {record['provider']} |" in row

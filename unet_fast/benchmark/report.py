@@ -13,9 +13,15 @@ def _fmt(value, spec: str, scale: float = 1.0, suffix: str = "") -> str:
 
 
 def _memory_mib(record: dict) -> float | None:
+    """Peak memory of one call above what was allocated before it (so the weights, optimizer state
+    and the other providers' models, all alive during a case, are left out): CUDA allocations, or
+    on CPU the resident set size when its peak could be reset."""
     memory = record.get("memory") or {}
-    value = memory.get("peak_bytes", memory.get("peak_rss_bytes"))
-    return None if value is None else value / MIB
+    if "peak_over_start_bytes" in memory:
+        return memory["peak_over_start_bytes"] / MIB
+    if memory.get("rss_reset") and memory.get("peak_rss_bytes") and memory.get("rss_before_bytes"):
+        return (memory["peak_rss_bytes"] - memory["rss_before_bytes"]) / MIB
+    return None
 
 
 def table(document: dict) -> str:
@@ -30,7 +36,7 @@ def table(document: dict) -> str:
     ]
     header = (
         f"{'mode':<16}{'shape':<18}{'dtype':<6}{'provider':<21}{'ms':>10}{'x ' + baseline:>13}"
-        f"{'TFLOP/s':>9}{'%peak':>7}{'peak MiB':>10}{'saved MiB':>10}  note"
+        f"{'TFLOP/s':>9}{'%peak':>7}{'+mem MiB':>10}{'saved MiB':>10}  note"
     )
     lines += [header, "-" * len(header)]
     for record in document["records"]:
@@ -103,3 +109,67 @@ def plot(document: dict, path: str) -> str | None:
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return None
+
+
+FAST_PROVIDERS = ("unet_fast", "unet_fast-recompute")
+COMPARED = ("reference", "reference-cl", "reference-compile")
+
+
+def _ratio(value) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def markdown(document: dict) -> str:
+    """A README-ready table: every measured unet_fast case with its speedup over each reference
+    provider (below 1.00x where it loses) and its memory against the eager reference's."""
+    env = document["environment"]
+    lines = [
+        f"{env['device_name']}, {env['date'][:10]}, commit {str(env['commit'])[:12]}, torch {env['torch']}, "
+        f"triton {env['triton']}" + ("" if document.get("complete", True) else " (incomplete run)"),
+        "",
+        "| mode | shape | dtype | provider | ms | vs eager | vs channels_last | vs compile | peak memory vs eager "
+        "| saved for backward vs eager |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    model = [r for r in document["records"] if r["kind"] == "model"]
+    eager = {(r["mode"], r["shape"], r["dtype"]): r for r in model if r["provider"] == "reference" and r["status"] == "ok"}
+    for record in model:
+        if record["provider"] not in FAST_PROVIDERS or record["status"] != "ok":
+            continue
+        base = eager.get((record["mode"], record["shape"], record["dtype"]))
+        memory = saved = None
+        if base is not None:
+            mine, theirs = _memory_mib(record), _memory_mib(base)
+            if mine is not None and theirs:
+                memory = mine / theirs
+            if record["saved_bytes"] is not None and base["saved_bytes"]:
+                saved = record["saved_bytes"] / base["saved_bytes"]
+        speedups = record["speedups"] or {}
+        lines.append(
+            f"| {record['mode']} | {record['shape']} | {record['dtype']} | {record['provider']} | {record['ms']:.2f} | "
+            + " | ".join(_ratio(speedups.get(other)) for other in COMPARED)
+            + f" | {_ratio(memory)} | {_ratio(saved)} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m unet_fast.benchmark.report FILE.json...``: the markdown table of each file."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    from unet_fast.benchmark.schema import check
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("files", nargs="+", type=Path)
+    args = parser.parse_args(argv)
+    for path in args.files:
+        document = json.loads(path.read_text())
+        check(document)
+        print(markdown(document) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
