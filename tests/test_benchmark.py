@@ -119,7 +119,11 @@ def test_op_script_records_join_the_suite(tmp_path, monkeypatch):
         "            'scipy': {'status': 'skipped', 'reason': 'not installed'}}}]}\n"
     )
     monkeypatch.setenv(ops.DIR_ENV, str(tmp_path))
-    entries, records = ops.run_op_benchmarks("cpu", quick=True, log=lambda line: None)
+    progress = []
+    entries, records = ops.run_op_benchmarks(
+        "cpu", quick=True, log=lambda line: None, after_script=lambda e, r: progress.append((len(e), len(r)))
+    )
+    assert progress == [(1, 2), (2, 2), (3, 4)]
     assert [(entry["name"], entry["status"]) for entry in entries] == [
         ("bench_conv", "ok"), ("bench_augment", "error"), ("bench_weight_map", "ok")
     ]

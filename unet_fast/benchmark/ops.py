@@ -153,9 +153,14 @@ def _run_script(path: Path, device: str, quick: bool, out: Path) -> tuple[str, s
     raise RuntimeError(f"main neither wrote --json {out} nor returned a result dict")
 
 
-def run_op_benchmarks(device: str, quick: bool, log: Callable[[str], None] = print) -> tuple[list[dict], list[dict]]:
+def run_op_benchmarks(
+    device: str,
+    quick: bool,
+    log: Callable[[str], None] = print,
+    after_script: Callable[[list[dict], list[dict]], None] | None = None,
+) -> tuple[list[dict], list[dict]]:
     """Runs every op script that exists. Returns (one entry per script: name, path, status,
-    reason, seconds, result; op records)."""
+    reason, seconds, result; op records); ``after_script`` gets both, so far, after each script."""
     entries, records = [], []
     folder = benchmarks_dir()
     for script in OP_SCRIPTS:
@@ -174,4 +179,6 @@ def run_op_benchmarks(device: str, quick: bool, log: Callable[[str], None] = pri
                 entry["status"], entry["reason"] = "error", f"{type(error).__name__}: {error}"
         entry["seconds"] = time.monotonic() - started
         records.extend(op_records(script, entry["result"]))
+        if after_script is not None:
+            after_script(entries, records)
     return entries, records

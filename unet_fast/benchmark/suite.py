@@ -199,12 +199,20 @@ def _run_suite(plan: Plan, ops: bool, log: Callable[[str], None], checkpoint: Ca
                 )
                 log(f"[{time.monotonic() - case_started:6.1f} s] {mode} {shape.name} {dtype}: {summary}")
     if ops:
-        document["op_benchmarks"], op_rows = run_op_benchmarks(plan.device, plan.quick, log)
-        for row in op_rows:
-            # Memory-bound ops: achieved bandwidth against the copy bandwidth measured in this run.
-            if "gbps" in row and "bandwidth_fraction" not in row:
-                row["bandwidth_fraction"] = row["gbps"] / peaks["copy"]["gbps"]
-        document["records"].extend(op_rows)
+        model_records = list(document["records"])
+
+        def add_op_results(entries: list[dict], op_rows: list[dict]) -> None:
+            for row in op_rows:
+                # Memory-bound ops: achieved bandwidth against the copy bandwidth measured in this run.
+                if "gbps" in row and "bandwidth_fraction" not in row:
+                    row["bandwidth_fraction"] = row["gbps"] / peaks["copy"]["gbps"]
+            document["op_benchmarks"] = entries
+            document["records"] = model_records + op_rows
+            document["seconds"] = time.monotonic() - started
+
+        add_op_results(*run_op_benchmarks(
+            plan.device, plan.quick, log, after_script=lambda *so_far: (add_op_results(*so_far), checkpoint(document))
+        ))
     document["seconds"] = time.monotonic() - started
     document["complete"] = True
     return document
