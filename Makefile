@@ -46,11 +46,11 @@ test: install cmake-check aot-check pytest
 pytest: install
 	$(PY) -m pytest -q tests
 
-# Every Triton kernel configuration compiled for sm_80 and sm_90 with the pinned Triton and with
-# the oldest supported one (a side environment that borrows torch from $(VENV)).
+# Every Triton kernel configuration compiled for sm_80 and sm_90 with the pinned Triton, and every
+# kernel in every dtype with the oldest supported one (a side environment borrowing torch from $(VENV)).
 aot-check: install $(OLDEST_STAMP)
 	$(PY) -m unet_fast.tools.aot_check --arch 80 --arch 90
-	$(OLDEST_VENV)/bin/python -m unet_fast.tools.aot_check --arch 80 --arch 90
+	$(OLDEST_VENV)/bin/python -m unet_fast.tools.aot_check --arch 80 --arch 90 --one-per-kernel
 
 $(OLDEST_STAMP): $(DEPS_STAMP)
 	test -x $(OLDEST_VENV)/bin/python || $(PYTHON) -m venv $(OLDEST_VENV)

@@ -87,3 +87,8 @@ def test_refuses_to_run_in_the_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     with pytest.raises(RuntimeError, match="unset TRITON_INTERPRET"):
         aot_check.check([_config("fp16")], archs=[90])
+
+
+def test_one_per_kernel_keeps_every_kernel_and_precision():
+    configs = [_config("fp16", block_m=64), _config("fp16", block_m=128), _config("bf16"), _config("fp32")]
+    assert aot_check.one_per_kernel(configs) == [configs[0], configs[2], configs[3]]

@@ -1,6 +1,6 @@
 """Compiles every registered Triton kernel configuration ahead of time, without a GPU.
 
-    python -m unet_fast.tools.aot_check --arch 80 --arch 90
+    python -m unet_fast.tools.aot_check --arch 80 --arch 90 [--one-per-kernel] [--jobs N]
 
 For each configuration and architecture it prints whether it compiled, the tensor-core
 instructions found in the PTX and the shared memory used, and exits non-zero if a configuration
@@ -11,9 +11,11 @@ the warp count is a multiple of 4, and fp32 dots without TF32 must use none.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import re
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 # Largest dynamic shared memory per block (bytes) that each architecture allows.
@@ -72,23 +74,51 @@ def expectation_problem(config, arch: int, instructions: set[str], shared: int) 
     return None
 
 
-def check(configs, archs) -> list[CheckResult]:
+def _check_one(config, arch: int) -> CheckResult:
+    result = CheckResult(config.kernel, config.describe(), config.precision, arch, compiled=False)
+    try:
+        ptx, shared = compile_config(config, arch)
+    except Exception as error:  # a compile failure of any kind is a finding, not a crash
+        message = str(error).strip()
+        result.problem = f"compile failed: {type(error).__name__}: {message.splitlines()[0][:200] if message else ''}"
+    else:
+        found = set(TENSOR_CORE_PATTERN.findall(ptx))
+        result.compiled, result.instructions, result.shared_bytes = True, tuple(sorted(found)), shared
+        result.problem = expectation_problem(config, arch, found, shared)
+    return result
+
+
+# Work for forked compile workers: they inherit the configurations (kernels do not pickle).
+_PENDING: list = []
+
+
+def _check_pending(index: int) -> CheckResult:
+    return _check_one(*_PENDING[index])
+
+
+def check(configs, archs, jobs: int = 1) -> list[CheckResult]:
+    """Compiles every configuration for every arch; ``jobs`` > 1 compiles in forked processes."""
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise RuntimeError("the ahead-of-time check compiles kernels; unset TRITON_INTERPRET to run it")
-    results = []
+    work = [(config, arch) for config in configs for arch in archs]
+    if jobs <= 1 or len(work) <= 1:
+        return [_check_one(config, arch) for config, arch in work]
+    _PENDING[:] = work
+    try:
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+            return list(pool.map(_check_pending, range(len(work))))
+    finally:
+        _PENDING.clear()
+
+
+def one_per_kernel(configs) -> list:
+    """The first configuration of each (kernel, precision): every kernel and dtype, fewer compiles."""
+    seen, chosen = set(), []
     for config in configs:
-        for arch in archs:
-            result = CheckResult(config.kernel, config.describe(), config.precision, arch, compiled=False)
-            try:
-                ptx, shared = compile_config(config, arch)
-            except Exception as error:  # a compile failure of any kind is a finding, not a crash
-                result.problem = f"compile failed: {type(error).__name__}: {str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}"
-            else:
-                found = set(TENSOR_CORE_PATTERN.findall(ptx))
-                result.compiled, result.instructions, result.shared_bytes = True, tuple(sorted(found)), shared
-                result.problem = expectation_problem(config, arch, found, shared)
-            results.append(result)
-    return results
+        if (config.kernel, config.precision) not in seen:
+            seen.add((config.kernel, config.precision))
+            chosen.append(config)
+    return chosen
 
 
 def format_table(results: list[CheckResult]) -> str:
@@ -108,6 +138,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", type=int, action="append", help="compute capability, e.g. 80 or 90 (repeatable)")
     parser.add_argument("--kernel", action="append", help="only these kernels (repeatable)")
+    parser.add_argument("--one-per-kernel", action="store_true",
+                        help="only the first configuration of each kernel and dtype")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compile processes")
     args = parser.parse_args(argv)
     archs = args.arch or [80, 90]
 
@@ -120,11 +153,13 @@ def main(argv=None) -> int:
         print("aot_check compiles kernels for real: unset TRITON_INTERPRET", file=sys.stderr)
         return 2
     configs = [c for c in registered() if not args.kernel or c.kernel in args.kernel]
+    if args.one_per_kernel:
+        configs = one_per_kernel(configs)
     print(f"triton {triton.__version__}; architectures: {', '.join(f'sm_{a}' for a in archs)}")
     if not configs:
         print("no Triton kernel configurations are registered: nothing to check")
         return 0
-    results = check(configs, archs)
+    results = check(configs, archs, jobs=args.jobs)
     print(format_table(results))
     failures = [r for r in results if r.problem]
     print(f"{len(results) - len(failures)} of {len(results)} compilations meet their expectations")
