@@ -23,7 +23,7 @@ INSTALL_STAMP := $(VENV)/.unet-fast-installed
 OLDEST_STAMP := $(OLDEST_VENV)/.installed
 CSRC := $(shell find csrc -type f)
 
-.PHONY: install test pytest demo aot-check cmake-check clean
+.PHONY: install test pytest demo bench aot-check cmake-check clean
 
 $(DEPS_STAMP): requirements/dev.txt $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ install: $(INSTALL_STAMP)
 
 demo: install
 	$(VENV)/bin/unet-fast demo
+
+# The CI-sized benchmark on this machine; the full suite is `unet-fast bench` (see benchmarks/README.md).
+bench: install
+	$(VENV)/bin/unet-fast bench --quick --device cpu --json runs/bench-quick.json --plot runs/bench-quick.png
 
 # Tests last, so that pytest's summary closes the output.
 test: install cmake-check aot-check pytest
