@@ -25,7 +25,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from unet_fast.ops.elastic import INTERPOLATIONS, PADDING_MODES, _int_pair, warp
+from unet_fast.ops.elastic import INTERPOLATIONS, PADDING_MODES, parse_int_pair, warp
 
 # Uniform draws per sample: angle, zoom, flip x, flip y, shift x, shift y, contrast, brightness, gamma.
 _UNIFORM_DRAWS = 9
@@ -154,7 +154,7 @@ def apply_parameters(
                          f"{image.shape[0]} samples")
     height, width = image.shape[-2:]
     if offset is None:  # a centred window: its centre is the rotation centre
-        out_h, out_w = (height, width) if out_size is None else _int_pair("out_size", out_size, minimum=1)
+        out_h, out_w = (height, width) if out_size is None else parse_int_pair("out_size", out_size, minimum=1)
         offset = ((height - out_h) // 2, (width - out_w) // 2)
     p = parameters.to(image.device)
     return warp(image, p.displacement, label=label, weight=weight, affine=p.affine, interpolation=interpolation,

@@ -112,8 +112,8 @@ def warp(image, displacement, *, label, weight, affine, interpolation, padding_m
     if not integer_image:
         _check_mode("interpolation", interpolation, INTERPOLATIONS)
     _check_mode("padding_mode", padding_mode, PADDING_MODES)
-    out_size = (height, width) if out_size is None else _int_pair("out_size", out_size, minimum=1)
-    offset = _int_pair("offset", offset, minimum=None)
+    out_size = (height, width) if out_size is None else parse_int_pair("out_size", out_size, minimum=1)
+    offset = parse_int_pair("offset", offset, minimum=None)
     _refuse_gradients(image=image, displacement=displacement, weight=weight, affine=affine, intensity=intensity)
 
     _ext.require_extension()
@@ -134,7 +134,9 @@ def _check_plane(name, t, image, n, height, width, dtypes) -> None:
     check_tensor(name, t, dim=3, dtypes=dtypes)
     check_same(name, t, "image", image, dtype=False)
     if tuple(t.shape) != (n, height, width):
-        raise ValueError(f"{name} must have shape (N, H, W) = {(n, height, width)} like the image, got {tuple(t.shape)}")
+        raise ValueError(
+            f"{name} must have shape (N, H, W) = {(n, height, width)} like the image, got {tuple(t.shape)}"
+        )
 
 
 def _check_parameters(name, t, image, shape, described, check_finite) -> None:
@@ -153,7 +155,7 @@ def _check_mode(name: str, value, allowed) -> None:
         raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
 
 
-def _int_pair(name: str, value, *, minimum: int | None) -> tuple[int, int]:
+def parse_int_pair(name: str, value, *, minimum: int | None) -> tuple[int, int]:
     try:
         pair = tuple(value)
     except TypeError:
