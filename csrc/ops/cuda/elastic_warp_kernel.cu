@@ -23,7 +23,7 @@ constexpr int64_t kMaxGridRows = 65535;
 template <typename T, typename acc_t, Interp I, Padding P, bool kFloatImage>
 __global__ void __launch_bounds__(kThreads)
     warp_kernel(const WarpPointers<acc_t> p, const WarpGeometry g, bool shared_columns) {
-  extern __shared__ unsigned char shared_bytes[];
+  extern __shared__ __align__(16) unsigned char shared_bytes[];
   acc_t* columns = reinterpret_cast<acc_t*>(shared_bytes);  // (dy, dx) per grid column
   const int64_t gw = g.grid_width;
   const int64_t rows = g.batch * g.out_height;
