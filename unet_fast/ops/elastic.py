@@ -109,8 +109,7 @@ def warp(image, displacement, *, label, weight, affine, interpolation, padding_m
         _check_parameters("intensity", intensity, image, (n, 3), "(N, 3) (contrast, brightness, gamma)",
                           check_finite)
         intensity = intensity.to(acc_dtype)
-    if not integer_image:
-        _check_mode("interpolation", interpolation, INTERPOLATIONS)
+    _check_mode("interpolation", interpolation, INTERPOLATIONS)  # integer images ignore it, but it must be valid
     _check_mode("padding_mode", padding_mode, PADDING_MODES)
     out_size = (height, width) if out_size is None else parse_int_pair("out_size", out_size, minimum=1)
     offset = parse_int_pair("offset", offset, minimum=None)
