@@ -81,6 +81,8 @@ def test_registry_rejects_bad_configs():
         KernelConfig("k", None, {"BLOCK_M": "constexpr"}, {}, precision="fp16")
     with pytest.raises(ValueError, match="precision"):
         KernelConfig("k", None, {}, {}, precision="int8")
+    with pytest.raises(ValueError, match="aligned_ints must name integer arguments"):
+        KernelConfig("k", None, {"x": "*fp16"}, {}, precision="fp16", aligned_ints=("x",))
 
 
 def test_refuses_to_run_in_the_interpreter(monkeypatch):

@@ -35,9 +35,14 @@ class CheckResult:
     problem: str | None = None
 
 
-def _pointer_alignment_attrs(config) -> dict:
-    # torch allocations are 16-byte aligned; the runtime specializes on that, so should we.
-    return {(i,): [["tt.divisibility", 16]] for i, kind in enumerate(config.signature.values()) if kind.startswith("*")}
+def _divisibility_attrs(config) -> dict:
+    # torch allocations are 16-byte aligned and the runtime specializes on that, and on integers
+    # that are multiples of 16: compile with the same knowledge.
+    return {
+        (i,): [["tt.divisibility", 16]]
+        for i, (name, kind) in enumerate(config.signature.items())
+        if kind.startswith("*") or name in config.aligned_ints
+    }
 
 
 def compile_config(config, arch: int):
@@ -48,7 +53,7 @@ def compile_config(config, arch: int):
 
     source = ASTSource(
         fn=config.fn, signature=config.signature, constexprs=config.constexprs,
-        attrs=_pointer_alignment_attrs(config),
+        attrs=_divisibility_attrs(config),
     )
     compiled = triton.compile(
         source, target=GPUTarget("cuda", arch, 32),

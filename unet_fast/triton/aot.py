@@ -27,6 +27,9 @@ class KernelConfig:
         block_m: rows of the dot's M tile; on sm_90 a dot with block_m >= 64 and a warp count that is
             a multiple of 4 must compile to ``wgmma``.
         num_warps, num_stages: launch options, as in ``triton.Config``.
+        aligned_ints: integer arguments to compile as multiples of 16, as Triton's runtime
+            specializes them when they are (channel counts and NHWC strides of 16-aligned layers):
+            that is what lets the pipeliner use wide asynchronous copies and more stages.
     """
 
     kernel: str
@@ -38,6 +41,7 @@ class KernelConfig:
     block_m: int | None = None
     num_warps: int = 4
     num_stages: int = 3
+    aligned_ints: tuple = ()
     label: str = field(default="", compare=False)
 
     def __post_init__(self):
@@ -46,6 +50,9 @@ class KernelConfig:
         missing = [name for name, kind in self.signature.items() if kind == "constexpr" and name not in self.constexprs]
         if missing:
             raise ValueError(f"{self.kernel}: constexpr arguments without a value: {missing}")
+        not_ints = [name for name in self.aligned_ints if self.signature.get(name) not in ("i32", "i64")]
+        if not_ints:
+            raise ValueError(f"{self.kernel}: aligned_ints must name integer arguments, not {not_ints}")
 
     def describe(self) -> str:
         if self.label:

@@ -596,12 +596,14 @@ def _register_configs() -> None:
         for name, fn, tile_names, tiles_16, tiles_32, flag_sets, fp32_pointers in kernels:
             tiles = tiles_16 if element != "fp32" else tiles_32
             signature = _aot_signature(fn, element, fp32_pointers)
+            # every layer but the first has channel counts (and so NHWC strides) that are multiples of 16
+            aligned_ints = tuple(n for n, kind in signature.items() if kind == "i32" and n[0] in "sC")
             variants = [(tile, flag_sets[0]) for tile in tiles] + [(tiles[0], flags) for flags in flag_sets[1:]]
             for tile, flags in variants:
                 constexprs = {**dict(zip(tile_names, tile[:3])), **flags, "INPUT_PRECISION": input_precision}
                 register(KernelConfig(
                     kernel=name, fn=fn, signature=signature, constexprs=constexprs, precision=precision,
-                    block_m=tile[0], num_warps=tile[3], num_stages=tile[4],
+                    block_m=tile[0], num_warps=tile[3], num_stages=tile[4], aligned_ints=aligned_ints,
                     label=" ".join(f"{k}={v}" for k, v in constexprs.items() if k != "INPUT_PRECISION")
                     + f" w={tile[3]} s={tile[4]}",
                 ))
