@@ -27,7 +27,7 @@ CSRC := $(shell find csrc -type f)
 
 $(DEPS_STAMP): requirements/dev.txt $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --upgrade pip
+	$(PIP) install -c $(CONSTRAINTS) --upgrade pip
 	$(PIP) install -c $(CONSTRAINTS) -r requirements/dev.txt
 	touch $@
 
@@ -65,9 +65,9 @@ $(OLDEST_STAMP): $(DEPS_STAMP)
 
 # The C++ library for C++ consumers (CMakeLists.txt), CPU kernels; tests/test_cmake_library.py loads it.
 cmake-check: $(DEPS_STAMP)
-	cmake -S . -B cmake-build -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')" \
+	$(VENV)/bin/cmake -S . -B cmake-build -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')" \
 	  $(if $(wildcard $(CUDA_ROOT)),-DCUDA_TOOLKIT_ROOT_DIR=$(CUDA_ROOT))
-	cmake --build cmake-build -j $(MAX_JOBS)
+	$(VENV)/bin/cmake --build cmake-build -j $(MAX_JOBS)
 
 clean:
 	rm -rf build cmake-build unet_fast/_C*.so *.egg-info $(INSTALL_STAMP)
