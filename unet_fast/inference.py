@@ -26,6 +26,9 @@ from torch import nn
 from unet_fast import shapes
 
 DEFAULT_TILE_SIZE = 572
+# Share of the free device memory the default tile size may plan for: the estimate below counts
+# feature maps only, not convolution workspaces or allocator fragmentation.
+MEMORY_FRACTION = 0.5
 
 
 def context_margin(depth: int, padding: str = "valid", up_mode: str = "transpose") -> int:
@@ -51,6 +54,72 @@ def context_margin(depth: int, padding: str = "valid", up_mode: str = "transpose
     for level in range(depth - 2, -1, -1):
         reach = max(reach + up_reach[up_mode] * 2**level, skip_reach[level]) + 2 * 2**level
     return reach
+
+
+def tile_activation_bytes(tile_size: int, batch_size: int, *, base_channels: int, depth: int,
+                          padding: str = "valid", num_classes: int = 2, in_channels: int = 1,
+                          dtype: torch.dtype = torch.float32) -> int:
+    """An upper estimate of the memory a no-grad forward pass of ``batch_size`` tiles of
+    ``tile_size`` x ``tile_size`` holds at its peak, in bytes.
+
+    Counts what inference keeps alive at once: the skip tensors of every encoder level, and at the
+    widest point of any level four feature maps of that level's width at its largest spatial size
+    (a decoder block's concatenated input is two of them, its up-sampled input and conv output the
+    others); plus the float32 logits and softmax of the output. Widths are ``base_channels * 2**l``.
+    ValueError when ``tile_size`` is not a valid input size.
+    """
+    levels = shapes.level_sizes(tile_size, depth, padding)
+    if levels is None:
+        raise ValueError(shapes.invalid_size_message(tile_size, depth, padding))
+    shrink = 4 if padding == "valid" else 0
+    skips, widest = 0, in_channels * tile_size**2
+    for level, (encoder_size, _) in enumerate(levels):
+        width = base_channels * 2**level
+        largest = encoder_size + shrink  # the level's input, the largest map it holds
+        if level < depth - 1:
+            skips += width * encoder_size**2
+        widest = max(widest, 4 * width * largest**2)
+    item = torch.empty((), dtype=dtype).element_size()
+    output = 2 * num_classes * levels[0][1] ** 2 * 4
+    return batch_size * ((skips + widest) * item + output)
+
+
+def free_device_memory(device: torch.device) -> int | None:
+    """Bytes a CUDA device can still give this process (free memory plus what PyTorch's caching
+    allocator holds unused); None for other devices."""
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+
+
+def default_tile_size(model: nn.Module, batch_size: int = 4, device: torch.device | None = None,
+                      dtype: torch.dtype | None = None) -> int:
+    """The tile edge ``predict_tiled`` uses when none is given: the largest valid input size up to
+    ``DEFAULT_TILE_SIZE`` (572) whose :func:`tile_activation_bytes` for ``batch_size`` tiles fits
+    ``MEMORY_FRACTION`` of the device's free memory (CUDA only; elsewhere the size cap alone), and
+    never smaller than the smallest usable tile. ``device``/``dtype``: default the model's."""
+    config = _model_config(model)
+    depth, padding = config["depth"], config["padding"]
+    smallest = _smallest_tile(depth, padding, context_margin(depth, padding, config["up_mode"]))
+    largest = max(shapes.largest_valid_input_size(DEFAULT_TILE_SIZE, depth, padding) or 0, smallest)
+    parameter = next(iter(model.parameters()), None)
+    if device is None:
+        device = parameter.device if parameter is not None else torch.device("cpu")
+    if dtype is None:
+        dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
+    free = free_device_memory(torch.device(device))
+    if free is None:
+        return largest
+    budget = MEMORY_FRACTION * free
+    base_channels = getattr(_unwrap(model), "base_channels", 64)
+    for size in range(largest, smallest - 1, -1):
+        if shapes.is_valid_input_size(size, depth, padding) and tile_activation_bytes(
+            size, batch_size, base_channels=base_channels, depth=depth, padding=padding,
+            num_classes=config["num_classes"], in_channels=config["in_channels"], dtype=dtype,
+        ) <= budget:
+            return size
+    return smallest
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -183,7 +252,9 @@ def predict_tiled(model, image, *, tile_size: int | None = None, batch_size: int
             ``torch.compile``). It runs in eval mode under ``torch.no_grad``; its mode is restored.
         image: floating-point tensor (N, C, H, W) or (C, H, W), any H, W >= 1, normalised as in training.
         tile_size: largest tile edge fed to the model; tiles use the largest valid input size <= it
-            (default: the largest valid size <= 572). Smaller images use one smaller tile.
+            (default :func:`default_tile_size`: the largest valid size <= 572 whose activations
+            for ``batch_size`` tiles fit half the free memory of a CUDA device). Smaller images
+            use one smaller tile.
         batch_size: tiles per forward pass.
         tta: average the probabilities over the 8 flips and 90-degree rotations. Each transformed
             image is padded and tiled in its own frame (so rotated tiles keep a valid, aligned grid)
@@ -220,7 +291,7 @@ def predict_tiled(model, image, *, tile_size: int | None = None, batch_size: int
     margin = context_margin(depth, padding, config["up_mode"])
     smallest = _smallest_tile(depth, padding, margin)
     if tile_size is None:
-        tile_cap = max(shapes.largest_valid_input_size(DEFAULT_TILE_SIZE, depth, padding) or 0, smallest)
+        tile_cap = default_tile_size(model, batch_size)
     else:
         _check_int("tile_size", tile_size, 1)
         if tile_size < smallest:
