@@ -473,10 +473,14 @@ def segmentation_metrics(prediction: torch.Tensor, truth: torch.Tensor, foregrou
 
 
 def validate(model: nn.Module, val, config: TrainConfig, device: torch.device) -> dict[str, float]:
-    """Mean metrics of overlap-tile predictions of the held-out images."""
+    """Mean metrics of overlap-tile predictions of the held-out images.
+
+    Predictions use ``predict_tiled``'s default tile (572 px or what fits the GPU), not the training
+    tile: the stitched result is the same, and a small training tile would spend most of the compute
+    on context margins (on CPU a 512 px image takes 64 tiles of 252 px but 4 of 572)."""
     totals: dict[str, float] = {}
     for image, truth in zip(val.images, val.labels):
-        _, labels = predict_tiled(model, image.float().to(device), tile_size=config.tile_size, batch_size=4)
+        _, labels = predict_tiled(model, image.float().to(device), batch_size=2)
         for key, value in segmentation_metrics(labels.cpu(), truth).items():
             totals[key] = totals.get(key, 0.0) + value / len(val.labels)
     return totals
