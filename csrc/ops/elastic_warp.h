@@ -52,13 +52,14 @@ UF_WARP_INLINE T uf_clamp(T x, T lo, T hi) {
 
 // floor(x) as an integer for |x| <= kCoordinateLimit. On the host without SSE4.1, floorf and
 // nearbyintf are library calls that cost more than the rest of a pixel; these are exact instead.
-template <typename acc_t>
-UF_WARP_INLINE int64_t floor_index(acc_t x) {
+// index_t may be int32_t (|x| <= 2^22 fits), which the CPU kernel's row loops vectorize.
+template <typename index_t = int64_t, typename acc_t>
+UF_WARP_INLINE index_t floor_index(acc_t x) {
 #if defined(__CUDA_ARCH__)
-  return static_cast<int64_t>(uf_floor(x));
+  return static_cast<index_t>(uf_floor(x));
 #else
-  const int64_t truncated = static_cast<int64_t>(x);  // toward zero
-  return acc_t(truncated) > x ? truncated - 1 : truncated;
+  const index_t truncated = static_cast<index_t>(x);  // toward zero
+  return truncated - index_t(acc_t(truncated) > x);  // branch-free, so that row loops vectorize
 #endif
 }
 
@@ -132,6 +133,33 @@ struct TapCount {
   static constexpr int value = I == Interp::kNearest ? 1 : (I == Interp::kBilinear ? 2 : 4);
 };
 
+// The two bilinear weights of a coordinate x whose floor is x0 (grid_sample's ix_se - ix, ix - ix_nw).
+template <typename acc_t>
+UF_WARP_INLINE void bilinear_weights(acc_t x, acc_t x0, acc_t& w0, acc_t& w1) {
+  w0 = (x0 + acc_t(1)) - x;
+  w1 = x - x0;
+}
+
+// Bilinear taps i, i + 1 with weights w0, w1 on an axis of `size` pixels, for a coordinate that
+// padding P has already been applied to.
+template <Padding P, typename acc_t>
+UF_WARP_INLINE void bilinear_taps_at(int64_t i, acc_t w0, acc_t w1, int64_t size, AxisTaps<acc_t>& taps) {
+  constexpr bool kPadded = P != Padding::kZeros;  // the padded coordinate lies in [0, size - 1]
+  taps.index[0] = i;
+  taps.index[1] = i + 1;
+  taps.weight[0] = w0;
+  taps.weight[1] = w1;
+  taps.inside[0] = kPadded || (i >= 0 && i < size);
+  taps.inside[1] = i + 1 < size && (kPadded || i + 1 >= 0);
+}
+
+// nearbyint(x) of a padded (border or reflection) coordinate x from its floor and x - floor(x): x is
+// >= 0 there, so that fraction is exact, and rounding it half to even equals nearbyint(x).
+template <typename index_t, typename acc_t>
+UF_WARP_INLINE index_t round_padded(index_t below, acc_t fraction) {
+  return below + index_t(fraction > acc_t(0.5)) + (index_t(fraction == acc_t(0.5)) & below & 1);
+}
+
 template <Interp I, Padding P, typename acc_t>
 UF_WARP_INLINE void axis_taps(acc_t coordinate, int64_t size, AxisTaps<acc_t>& taps) {
   constexpr bool kPadded = P != Padding::kZeros;  // the padded coordinate lies in [0, size - 1]
@@ -146,13 +174,9 @@ UF_WARP_INLINE void axis_taps(acc_t coordinate, int64_t size, AxisTaps<acc_t>& t
   } else if (I == Interp::kBilinear) {
     x = pad_coordinate<P>(x, size);
     const int64_t i = floor_index(x);
-    const acc_t x0 = acc_t(i);
-    taps.index[0] = i;
-    taps.index[1] = i + 1;
-    taps.weight[0] = (x0 + acc_t(1)) - x;  // grid_sample's (ix_se - ix)
-    taps.weight[1] = x - x0;
-    taps.inside[0] = kPadded || (i >= 0 && i < size);
-    taps.inside[1] = i + 1 < size && (kPadded || i + 1 >= 0);
+    acc_t w0, w1;
+    bilinear_weights(x, acc_t(i), w0, w1);
+    bilinear_taps_at<P>(i, w0, w1, size, taps);
   } else {
     const int64_t i = floor_index(x);
     cubic_weights(x - acc_t(i), taps.weight);
@@ -166,14 +190,11 @@ UF_UNROLL
   }
 }
 
-// The nearest tap of a padded (border or reflection) coordinate from its bilinear taps: the
-// coordinate is >= 0 there, so the bilinear fraction weight[1] = x - floor(x) is exact and
-// rounding it half to even equals nearbyint(x).
+// The nearest tap of a padded (border or reflection) coordinate from its bilinear taps, whose
+// weight[1] is x - floor(x).
 template <typename acc_t>
 UF_WARP_INLINE void nearest_from_bilinear(const AxisTaps<acc_t>& bilinear, AxisTaps<acc_t>& nearest) {
-  const int64_t below = bilinear.index[0];
-  const acc_t fraction = bilinear.weight[1];
-  nearest.index[0] = below + int64_t(fraction > acc_t(0.5)) + (int64_t(fraction == acc_t(0.5)) & below & 1);
+  nearest.index[0] = round_padded(bilinear.index[0], bilinear.weight[1]);
   nearest.weight[0] = acc_t(1);
   nearest.inside[0] = true;
 }
@@ -243,16 +264,17 @@ UF_UNROLL
 // Where output pixel (y, x) of the full warp samples the input, given its displacement (dy, dx).
 // Without an affine matrix: (y + dy, x + dx). With one, affine = [M | t] row-major (2 x 3) acting
 // on (x, y) about the centre c = ((W - 1) / 2, (H - 1) / 2): c + M (p - c) + t + d.
+// y and x are the pixel's integer coordinates, converted to acc_t by the caller.
 template <typename acc_t>
-UF_WARP_INLINE void source_point(int64_t y, int64_t x, acc_t dy, acc_t dx, const acc_t* affine,
+UF_WARP_INLINE void source_point(acc_t y, acc_t x, acc_t dy, acc_t dx, const acc_t* affine,
                                  int64_t height, int64_t width, acc_t& sy, acc_t& sx) {
   if (affine == nullptr) {
-    sy = acc_t(y) + dy;
-    sx = acc_t(x) + dx;
+    sy = y + dy;
+    sx = x + dx;
     return;
   }
   const acc_t cy = acc_t(height - 1) / acc_t(2), cx = acc_t(width - 1) / acc_t(2);
-  const acc_t px = acc_t(x) - cx, py = acc_t(y) - cy;
+  const acc_t px = x - cx, py = y - cy;
   sx = cx + (affine[0] * px + affine[1] * py) + affine[2] + dx;
   sy = cy + (affine[3] * px + affine[4] * py) + affine[5] + dy;
 }

@@ -1,7 +1,7 @@
-// CPU kernel of elastic_warp: parallel over output rows, each in three passes (displacement,
-// source points, sampling). A coarse displacement grid is interpolated separably: per row along y
-// for each grid column (as the CUDA kernel does), then along x with weights precomputed once per
-// call.
+// CPU kernel of elastic_warp: parallel over output rows, each in passes over row arrays
+// (displacement, source points, sampling; bilinear sampling in further passes of its own). A
+// coarse displacement grid is interpolated separably: per row along y for each grid column (as the
+// CUDA kernel does), then along x with weights precomputed once per call.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -19,6 +19,151 @@ namespace {
 // (grid_width x out_width) weight table: a multiply-add loop over the row that the compiler
 // vectorizes. Wider grids gather their 4 taps per pixel.
 constexpr int64_t kMaxTableColumns = 16;
+
+// Clamps a row of source coordinates to +-kCoordinateLimit and applies padding P (into `padded`),
+// as axis_taps does per pixel. The loop vectorizes: reflection mirrors at most once there (equal to
+// reflect_coordinate's result whenever that lands inside), and only coordinates still outside
+// (farther than one image size beyond an edge, or NaN) take reflect_coordinate afterwards.
+template <Padding P, typename acc_t>
+void pad_row(const acc_t* x, acc_t* padded, int64_t count, int64_t size) {
+  const acc_t limit = acc_t(kCoordinateLimit), span = acc_t(size - 1);
+  int outside = 0;
+  for (int64_t j = 0; j < count; ++j) {
+    acc_t v = uf_clamp(x[j], -limit, limit);
+    if (P == Padding::kBorder) v = pad_coordinate<P>(v, size);
+    if (P == Padding::kReflection) {
+      const bool below = v < acc_t(0), above = v > span;
+      const acc_t mirrored_above = span - (v - span);
+      v = below ? -v : (above ? mirrored_above : v);
+      outside |= int(!(v >= acc_t(0))) | int(!(v <= span));
+    }
+    padded[j] = v;
+  }
+  if (P == Padding::kReflection && outside) {
+    for (int64_t j = 0; j < count; ++j) {
+      if (!(padded[j] >= acc_t(0) && padded[j] <= span))
+        padded[j] = reflect_coordinate(uf_clamp(x[j], -limit, limit), size);
+    }
+  }
+}
+
+// The bilinear taps of a row of padded coordinates as arrays: floors and both weights.
+template <typename acc_t>
+void bilinear_row(const acc_t* x, int64_t count, int32_t* floors, acc_t* w0, acc_t* w1) {
+  for (int64_t j = 0; j < count; ++j) {
+    floors[j] = floor_index<int32_t>(x[j]);
+    bilinear_weights(x[j], acc_t(floors[j]), w0[j], w1[j]);
+  }
+}
+
+// Bilinear sampling of one plane along a row with per-pixel taps from bilinear_row (rows iy with
+// weights wy0, wy1; columns ix with wx0, wx1); values[j] receives pixel j's interpolated value.
+template <typename T, typename acc_t, Padding P>
+void sample_row_bilinear(const T* plane, int64_t stride_h, int64_t stride_w, int64_t height, int64_t width,
+                         const int32_t* iy, const acc_t* wy0, const acc_t* wy1, const int32_t* ix,
+                         const acc_t* wx0, const acc_t* wx1, int64_t count, acc_t* values) {
+  for (int64_t j = 0; j < count; ++j) {
+    AxisTaps<acc_t> ty, tx;
+    bilinear_taps_at<P>(iy[j], wy0[j], wy1[j], height, ty);
+    bilinear_taps_at<P>(ix[j], wx0[j], wx1[j], width, tx);
+    values[j] = sample_plane<Interp::kBilinear>(plane, stride_h, stride_w, ty, tx);
+  }
+}
+
+// Nearest copy of an integer plane along a row, from per-pixel row and column indices.
+template <typename L>
+void copy_row_nearest(const void* plane, int64_t stride_h, int64_t stride_w, const int32_t* ny,
+                      const int32_t* nx, int64_t count, void* out) {
+  const L* source = static_cast<const L*>(plane);
+  L* target = static_cast<L*>(out);
+  for (int64_t j = 0; j < count; ++j) target[j] = source[ny[j] * stride_h + nx[j] * stride_w];
+}
+
+// Per-thread row buffers of the CPU kernel.
+template <typename acc_t>
+struct RowBuffers {
+  explicit RowBuffers(int64_t width, int64_t grid_width)
+      : columns(2 * grid_width), dy(width), dx(width), sy(width), sx(width), py(width), px(width), wy0(width),
+        wy1(width), wx0(width), wx1(width), values(width), iy(width), ix(width) {}
+  std::vector<acc_t> columns;  // per grid column: (dy, dx) interpolated along y for this row
+  std::vector<acc_t> dy, dx;   // displacement
+  std::vector<acc_t> sy, sx;   // source point
+  std::vector<acc_t> py, px;   // source point after padding
+  std::vector<acc_t> wy0, wy1, wx0, wx1, values;
+  std::vector<int32_t> iy, ix;  // floors of py, px; then nearest indices for the label
+};
+
+// Bilinear image sampling, row by row in passes over arrays: padding, taps, then sampling per
+// channel, weight and label. Same arithmetic as warp_pixel, arranged so that all but the gathers
+// vectorize and no per-pixel branch tests which outputs exist.
+template <typename T, typename acc_t, Padding P>
+void warp_row_bilinear(const WarpPointers<acc_t>& p, const WarpGeometry& g, int64_t n, int64_t i,
+                       RowBuffers<acc_t>& b) {
+  const int64_t count = g.out_width;
+  int32_t* iy = b.iy.data();
+  int32_t* ix = b.ix.data();
+  acc_t *wy0 = b.wy0.data(), *wy1 = b.wy1.data(), *wx0 = b.wx0.data(), *wx1 = b.wx1.data();
+  acc_t* values = b.values.data();
+  pad_row<P>(b.sy.data(), b.py.data(), count, g.height);
+  pad_row<P>(b.sx.data(), b.px.data(), count, g.width);
+  bilinear_row(b.py.data(), count, iy, wy0, wy1);
+  bilinear_row(b.px.data(), count, ix, wx0, wx1);
+  const T* image = static_cast<const T*>(p.image) + n * g.image.n;
+  T* out = static_cast<T*>(p.out) + n * g.out.n + i * g.out.h;
+  const acc_t* vary = p.intensity ? p.intensity + 3 * n : nullptr;
+  for (int64_t c = 0; c < g.channels; ++c) {
+    sample_row_bilinear<T, acc_t, P>(image + c * g.image.c, g.image.h, g.image.w, g.height, g.width, iy, wy0, wy1,
+                                     ix, wx0, wx1, count, values);
+    T* out_row = out + c * g.out.c;
+    if (vary != nullptr) {
+      const acc_t contrast = vary[0], brightness = vary[1], gamma = vary[2];
+      for (int64_t j = 0; j < count; ++j)
+        out_row[j * g.out.w] = static_cast<T>(vary_intensity(values[j], contrast, brightness, gamma));
+    } else {
+      for (int64_t j = 0; j < count; ++j) out_row[j * g.out.w] = static_cast<T>(values[j]);
+    }
+  }
+  const int64_t plain_row = (n * g.out_height + i) * count;  // label / weight outputs: contiguous (N, h, w)
+  if (p.weight != nullptr) {
+    if (g.weight_is_float) {
+      const float* weight = static_cast<const float*>(p.weight) + n * g.weight.n;
+      sample_row_bilinear<float, acc_t, P>(weight, g.weight.h, g.weight.w, g.height, g.width, iy, wy0, wy1, ix,
+                                           wx0, wx1, count, values);
+      float* weight_out = static_cast<float*>(p.weight_out) + plain_row;
+      for (int64_t j = 0; j < count; ++j) weight_out[j] = static_cast<float>(values[j]);
+    } else {
+      const T* weight = static_cast<const T*>(p.weight) + n * g.weight.n;
+      sample_row_bilinear<T, acc_t, P>(weight, g.weight.h, g.weight.w, g.height, g.width, iy, wy0, wy1, ix, wx0,
+                                       wx1, count, values);
+      T* weight_out = static_cast<T*>(p.weight_out) + plain_row;
+      for (int64_t j = 0; j < count; ++j) weight_out[j] = static_cast<T>(values[j]);
+    }
+  }
+  if (p.label != nullptr) {
+    const void* label = static_cast<const char*>(p.label) + n * g.label.n * g.label_bytes;
+    void* label_out = static_cast<char*>(p.label_out) + plain_row * g.label_bytes;
+    if constexpr (P != Padding::kZeros) {
+      for (int64_t j = 0; j < count; ++j) {  // w1 = x - floor(x): see round_padded
+        iy[j] = round_padded(iy[j], wy1[j]);
+        ix[j] = round_padded(ix[j], wx1[j]);
+      }
+      switch (g.label_bytes) {
+        case 1: copy_row_nearest<uint8_t>(label, g.label.h, g.label.w, iy, ix, count, label_out); break;
+        case 2: copy_row_nearest<uint16_t>(label, g.label.h, g.label.w, iy, ix, count, label_out); break;
+        case 4: copy_row_nearest<uint32_t>(label, g.label.h, g.label.w, iy, ix, count, label_out); break;
+        default: copy_row_nearest<uint64_t>(label, g.label.h, g.label.w, iy, ix, count, label_out); break;
+      }
+    } else {  // taps outside read 0: per pixel, as warp_pixel does
+      for (int64_t j = 0; j < count; ++j) {
+        AxisTaps<acc_t> ly, lx;
+        axis_taps<Interp::kNearest, P>(b.sy[j], g.height, ly);
+        axis_taps<Interp::kNearest, P>(b.sx[j], g.width, lx);
+        copy_element(label, ly.index[0] * g.label.h + lx.index[0] * g.label.w, label_out, j, g.label_bytes,
+                     ly.inside[0] && lx.inside[0]);
+      }
+    }
+  }
+}
 
 template <typename T, typename acc_t, Interp I, Padding P, bool kFloatImage>
 void warp_cpu(const WarpPointers<acc_t>& pointers, const WarpGeometry& geometry) {
@@ -38,6 +183,8 @@ void warp_cpu(const WarpPointers<acc_t>& pointers, const WarpGeometry& geometry)
         for (int k = 0; k < 4; ++k) table[x_taps[j].index[k] * out_width + j] += x_taps[j].weight[k];
     }
   }
+  std::vector<acc_t> column_coordinates(out_width);  // x of each output column in the full warp
+  for (int64_t j = 0; j < out_width; ++j) column_coordinates[j] = acc_t(j + geometry.offset_x);
   const int64_t rows = geometry.batch * geometry.out_height;
   const int64_t grain = std::max<int64_t>(1, 16384 / out_width);
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
@@ -45,8 +192,12 @@ void warp_cpu(const WarpPointers<acc_t>& pointers, const WarpGeometry& geometry)
     // reloads of every field per pixel.
     const WarpGeometry g = geometry;
     const WarpPointers<acc_t> p = pointers;
-    std::vector<acc_t> columns(2 * gw);  // per grid column: (dy, dx) interpolated along y for this row
-    std::vector<acc_t> dy(out_width), dx(out_width), sy(out_width), sx(out_width);
+    RowBuffers<acc_t> b(out_width, gw);
+    acc_t* columns = b.columns.data();
+    acc_t* dy = b.dy.data();
+    acc_t* dx = b.dx.data();
+    acc_t* sy = b.sy.data();
+    acc_t* sx = b.sx.data();
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / g.out_height, i = row % g.out_height;
       const int64_t y = uf_clamp<int64_t>(i + g.offset_y, 0, g.height - 1);
@@ -65,8 +216,8 @@ void warp_cpu(const WarpPointers<acc_t>& pointers, const WarpGeometry& geometry)
           columns[gw + c] = coarse_column(grid + g.displacement.c, g.displacement.h, g.displacement.w, y_taps, c);
         }
         if (use_table) {
-          std::fill(dy.begin(), dy.end(), acc_t(0));
-          std::fill(dx.begin(), dx.end(), acc_t(0));
+          std::fill(dy, dy + out_width, acc_t(0));
+          std::fill(dx, dx + out_width, acc_t(0));
           for (int64_t c = 0; c < gw; ++c) {
             const acc_t* weights = table.data() + c * out_width;
             const acc_t column_dy = columns[c], column_dx = columns[gw + c];
@@ -77,17 +228,24 @@ void warp_cpu(const WarpPointers<acc_t>& pointers, const WarpGeometry& geometry)
           }
         } else {
           for (int64_t j = 0; j < out_width; ++j) {
-            dy[j] = coarse_along_x(columns.data(), x_taps[j]);
-            dx[j] = coarse_along_x(columns.data() + gw, x_taps[j]);
+            dy[j] = coarse_along_x(columns, x_taps[j]);
+            dx[j] = coarse_along_x(columns + gw, x_taps[j]);
           }
         }
       }
       // 2. Where every pixel samples the input.
       const acc_t* affine = p.affine ? p.affine + 6 * n : nullptr;
+      const acc_t row_coordinate = acc_t(i + g.offset_y);
+      const acc_t* xs = column_coordinates.data();
       for (int64_t j = 0; j < out_width; ++j)
-        source_point(i + g.offset_y, j + g.offset_x, dy[j], dx[j], affine, g.height, g.width, sy[j], sx[j]);
+        source_point(row_coordinate, xs[j], dy[j], dx[j], affine, g.height, g.width, sy[j], sx[j]);
       // 3. Sampling.
-      for (int64_t j = 0; j < out_width; ++j) warp_pixel<T, acc_t, I, P, kFloatImage>(p, g, n, i, j, sy[j], sx[j]);
+      if constexpr (kFloatImage && I == Interp::kBilinear) {
+        warp_row_bilinear<T, acc_t, P>(p, g, n, i, b);
+      } else {
+        for (int64_t j = 0; j < out_width; ++j)
+          warp_pixel<T, acc_t, I, P, kFloatImage>(p, g, n, i, j, sy[j], sx[j]);
+      }
     }
   });
 }

@@ -69,8 +69,8 @@ __global__ void __launch_bounds__(kThreads)
     }
     if (j < g.out_width) {
       acc_t sy, sx;
-      source_point(i + g.offset_y, j + g.offset_x, dy, dx, p.affine ? p.affine + 6 * n : nullptr, g.height,
-                   g.width, sy, sx);
+      source_point(acc_t(i + g.offset_y), acc_t(j + g.offset_x), dy, dx, p.affine ? p.affine + 6 * n : nullptr,
+                   g.height, g.width, sy, sx);
       warp_pixel<T, acc_t, I, P, kFloatImage>(p, g, n, i, j, sy, sx);
     }
   }
