@@ -47,6 +47,12 @@ def interpreting() -> bool:
 
 
 @triton.jit
+def _nan_propagating_max(a, b):
+    """max_pool2d's rule: a window with a NaN pools to NaN."""
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
 def _conv3x3_fwd_kernel(
     x_ptr, skip_ptr, w_ptr, bias_ptr, y_ptr, pooled_ptr,
     M, C0, C1, C_OUT, HO, WO, TOP, LEFT,
@@ -55,9 +61,9 @@ def _conv3x3_fwd_kernel(
     INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    # axis 0 walks C_out tiles so that programs sharing an input tile run together (L2 reuse)
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
+    # M tiles on grid axis 0: axes 1 and 2 are limited to 65,535 blocks, which a large batch exceeds
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_mask = offs_m < M
     if POOL:
@@ -118,14 +124,15 @@ def _conv3x3_fwd_kernel(
 
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-    if RELU:
-        acc = tl.maximum(acc, 0.0)
+    if RELU:  # NaN stays NaN, as in F.relu (the hardware max would drop it)
+        acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)
     out = acc.to(y_ptr.dtype.element_ty)
     y_row = n * syn + oh * syh + ow * syw
     tl.store(y_ptr + y_row[:, None] + offs_n[None, :], out, mask=m_mask[:, None] & n_mask[None, :])
     if POOL:
-        # rounding is monotone, so the max of the rounded values is the rounded max
-        pooled = tl.max(tl.reshape(out, (BLOCK_M // 4, 4, BLOCK_N)), axis=1)
+        # rounding is monotone, so the rounded max of acc is the max of the rounded y
+        pooled = tl.reduce(tl.reshape(acc, (BLOCK_M // 4, 4, BLOCK_N)), 1, _nan_propagating_max)
+        pooled = pooled.to(y_ptr.dtype.element_ty)
         offs_w = pid_m * (BLOCK_M // 4) + tl.arange(0, BLOCK_M // 4)
         w_mask = offs_w < M // 4
         pw = offs_w % (WO // 2)
@@ -199,8 +206,8 @@ def _conv3x3_dgrad_kernel(
 ):
     """grad_in[n, ih, iw, ci] = sum_{tap, co} g[n, ih - kh, iw - kw, co] * w[tap, co, ci] over the
     concatenated input channels ci in [C_LO, C_HI); w is packed (9, C_out, C_in). g and y share strides."""
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
+    pid_m = tl.program_id(0)  # M on axis 0, as in the forward kernel
+    pid_n = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_mask = offs_m < M_IN
     iw = offs_m % W
@@ -378,6 +385,12 @@ def _nhw_strides(t: torch.Tensor) -> tuple[int, int, int]:
     return t.stride(0), t.stride(2), t.stride(3)
 
 
+def gemm_grid(rows: int, cols: int, block_m: int, block_n: int) -> tuple[int, int]:
+    """Launch grid of the forward/dgrad GEMM: row (pixel) tiles on axis 0, whose limit is 2**31 - 1
+    (axes 1 and 2 allow only 65,535 blocks), column (channel) tiles on axis 1."""
+    return triton.cdiv(rows, block_m), triton.cdiv(cols, block_n)
+
+
 def crop_offset_of(skip: torch.Tensor | None, x: torch.Tensor) -> tuple[int, int]:
     """(top, left) of x's (H, W) window centered in skip; (0, 0) without skip."""
     if skip is None:
@@ -424,7 +437,7 @@ def conv3x3_forward(
         )
     pooled_arg = y if pooled is None else pooled
     m = batch * out_h * out_w
-    grid = lambda meta: (triton.cdiv(c_out, meta["BLOCK_N"]), triton.cdiv(m, meta["BLOCK_M"]))  # noqa: E731
+    grid = lambda meta: gemm_grid(m, c_out, meta["BLOCK_M"], meta["BLOCK_N"])  # noqa: E731
     _launch(
         "fwd", x.dtype, grid,
         x, skip_nhwc, packed, weight if bias is None else bias, y, pooled_arg,
@@ -522,7 +535,7 @@ def conv3x3_backward(
         grad_x_arg = x if grad_x is None else grad_x
         grad_skip_arg = grad_x_arg if grad_skip is None else grad_skip
         m_in = batch * height * width
-        grid = lambda meta: (triton.cdiv(c_hi - c_lo, meta["BLOCK_N"]), triton.cdiv(m_in, meta["BLOCK_M"]))  # noqa: E731
+        grid = lambda meta: gemm_grid(m_in, c_hi - c_lo, meta["BLOCK_M"], meta["BLOCK_N"])  # noqa: E731
         _launch(
             "dgrad", x.dtype, grid,
             g, y, packed, grad_x_arg, grad_skip_arg,
