@@ -391,3 +391,35 @@ def test_cuda_auto_backend_picks_per_shape_and_matches(pinned_conv_precision):
         torch.testing.assert_close(grads[name], ref_grads[name], atol=2e-2 * scale, rtol=2e-2)
     picks = [choice for key, choice in chosen_backends().items() if key[1] == tuple(inputs["x"].shape)]
     assert len(picks) == 2 and set(picks) <= {"triton", "aten"}  # forward and backward
+
+
+def test_launch_grids_fit_cuda_limits_for_paper_shape_at_batch_16():
+    """Only grid axis 0 may exceed 65,535 blocks; pixel tiles go there, channel tiles stay small."""
+    from unet_fast.shapes import level_sizes
+    from unet_fast.triton.conv3x3 import _GEMM_TILES_16, _GEMM_TILES_32, gemm_grid
+
+    batch, widest = 16, 1024
+    conv_inputs = []  # (input side, output side) of every 3x3 conv of the 572 network
+    for encoder, decoder in level_sizes(572):
+        conv_inputs += [(encoder + 4, encoder + 2), (encoder + 2, encoder), (decoder + 4, decoder + 2), (decoder + 2, decoder)]
+    largest_rows = 0
+    for side_in, side_out in conv_inputs:
+        for block_m, block_n, *_ in (*_GEMM_TILES_16, *_GEMM_TILES_32):
+            for rows in (batch * side_out**2, batch * side_in**2):  # forward, dgrad
+                grid = gemm_grid(rows, widest, block_m, block_n)
+                assert all(blocks <= 65535 for blocks in grid[1:]), (side_in, block_m, grid)
+                assert grid[0] < 2**31
+                largest_rows = max(largest_rows, grid[0])
+    assert largest_rows > 65535  # the case that failed with pixel tiles on axis 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("pool", [False, True])
+def test_cuda_nan_input_propagates_like_pytorch(pool):
+    inputs = make_inputs(1, 0, 16, 16, 14, 14, (0, 0), True, torch.float32, "cuda")
+    with torch.no_grad():
+        inputs["x"][0, :, 5, 5] = float("nan")
+    out, _ = run(inputs, True, pool, "triton")
+    ref_out, _ = run(inputs, True, pool, "torch")
+    for o, r in zip(out, ref_out):
+        assert torch.equal(o.isnan(), r.isnan())
