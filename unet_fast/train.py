@@ -4,11 +4,13 @@ Paper recipe (``--paper``): SGD with momentum 0.99, a batch of one large tile (5
 out), elastic deformation of every tile on the device, the pixel-wise weighted cross-entropy with
 the border weight map (w0 = 10, sigma = 5 px), dropout 0.5, the depth-5, 64-channel network.
 
-Defaults differ from the paper only where a CPU run needs it, so that
-``unet-fast train --data DIR --device cpu --base-channels 16 --steps 400`` learns a useful
-segmentation on 2 cores in minutes: on a CPU the tile is 252 px (68 px out) instead of 572, and
-the default learning rate is chosen for the loss's mean reduction (see ``DEFAULT_LR``). Everything
-else, including the optimizer, is the paper's.
+Defaults differ from the paper only where a CPU run needs it: on a CPU the tile is 252 px (68 px
+out) instead of 572, so that ``unet-fast train --data DIR --device cpu --base-channels 16 --steps
+400`` runs in about 2 minutes on 2 cores; the default learning rate is chosen for the loss's mean
+reduction (see ``DEFAULT_LR``). Everything else, including the optimizer, is the paper's. Known
+limit: with these defaults 400 steps on ISBI 2012 do not yet converge to a useful segmentation
+(SGD at momentum 0.99 oscillates between all-cell and all-membrane); ``--optimizer adamw`` does
+better, and ``unet-fast demo`` (AdamW, depth 4) learns the synthetic data set on a CPU.
 
 A run directory holds ``config.json``, ``metrics.csv`` / ``metrics.json`` (one row per log interval,
 validation rows carry pixel error, foreground IoU / Dice and the adapted Rand error),
