@@ -9,11 +9,13 @@ over the whole padded image, so for a ``padding="valid"`` model each output pixe
 exactly the same values either way. Whenever the padded image is itself a valid input size the
 stitched result therefore equals one pass over it, up to float summation order.
 
-Context margin: for ``"valid"`` models it is ``shapes.border(depth)`` (92 for the paper's
-network) and each tile's whole output is kept. ``"same"``-padding models see zero padding at every
-tile edge; their tiles are padded by a margin at least as wide as the network's receptive field
-(:func:`context_margin`) and only the centre, which the zero padding cannot reach, is kept, so
-those models stitch exactly too (equal to one pass over the padded image's inner region).
+Context margin: for ``"valid"`` models with transposed-conv up-sampling it is
+``shapes.border(depth)`` (92 for the paper's network) and each tile's whole output is kept.
+``"same"``-padding models see zero padding at every tile edge, and bilinear up-sampling clamps at
+every map edge; their tiles are padded by a margin at least as wide as the network's receptive
+field (plus the border for valid models, :func:`context_margin`) and only the centre, which the
+edge effects cannot reach, is kept, so those models stitch exactly too (equal to one pass over
+the padded image's inner region).
 """
 from __future__ import annotations
 
@@ -34,18 +36,21 @@ MEMORY_FRACTION = 0.5
 def context_margin(depth: int, padding: str = "valid", up_mode: str = "transpose") -> int:
     """Pixels of context each side of a kept output pixel that a tile must contain.
 
-    ``"valid"``: the border the network trims (92 for depth 5). ``"same"``: an upper bound of the
+    ``"valid"`` with transposed-conv up-sampling: the border the network trims (92 for depth 5);
+    every tile edge effect is trimmed with it. ``"same"``: an upper bound of the
     receptive-field radius, by propagating per-level dependency reach: a 3x3 conv at level l adds
     2**l pixels each side, a 2x2 pool keeps the reach relative to its block, a stride-2 transposed
     conv to level l adds 2**l (bilinear up-sampling, reading two neighbours, adds 2**(l+1)), and a
-    skip concat takes the larger reach of its two inputs.
+    skip concat takes the larger reach of its two inputs. ``"valid"`` with bilinear up-sampling:
+    that reach plus the border, since interpolation clamps at each map's edge, which in a valid
+    model lies up to ``border`` px inside the tile.
     """
-    if padding == "valid":
-        return shapes.border(depth, padding)
-    shapes.border(depth, padding)  # validates depth and padding
+    border = shapes.border(depth, padding)  # also validates depth and padding
     up_reach = {"transpose": 1, "bilinear": 2}
     if up_mode not in up_reach:
         raise ValueError(f"up_mode must be one of {tuple(up_reach)}, got {up_mode!r}")
+    if padding == "valid" and up_mode == "transpose":
+        return border
     reach = 0
     skip_reach = []
     for level in range(depth):
@@ -53,7 +58,9 @@ def context_margin(depth: int, padding: str = "valid", up_mode: str = "transpose
         skip_reach.append(reach)
     for level in range(depth - 2, -1, -1):
         reach = max(reach + up_reach[up_mode] * 2**level, skip_reach[level]) + 2 * 2**level
-    return reach
+    # A valid model's maps end up to ``border`` px inside the tile, and bilinear up-sampling clamps
+    # at those edges (align_corners=False): no kept pixel may depend on a clamped one.
+    return reach + border
 
 
 def tile_activation_bytes(tile_size: int, batch_size: int, *, base_channels: int, depth: int,
@@ -211,8 +218,8 @@ def _predict_plain(model, image, config, tile_cap, margin, batch_size, device, d
     padded = mirror_pad(mirror_pad(image, margin, margin, -2), margin, margin, -1)
     # Beyond the mirrored border the content reaches no kept output pixel: zeros complete the grid.
     padded = F.pad(padded, (0, cols.padded - padded.shape[-1], 0, rows.padded - padded.shape[-2]))
-    # "valid" models return only the kept region; "same" models return the whole tile.
-    offset = 0 if config["padding"] == "valid" else margin
+    # Outputs start ``border`` px into the tile (0 for "same"); the kept centre ``margin`` px in.
+    offset = margin - shapes.border(config["depth"], config["padding"])
     probs = torch.empty((n, config["num_classes"], height, width), dtype=torch.float32, device=device)
     tiles = [(i, top, left) for i in range(n) for top in rows.origins() for left in cols.origins()]
     for start in range(0, len(tiles), batch_size):
