@@ -21,28 +21,32 @@ namespace {
 constexpr int64_t kMaxTableColumns = 16;
 
 // Clamps a row of source coordinates to +-kCoordinateLimit and applies padding P (into `padded`),
-// as axis_taps does per pixel. The loop vectorizes: reflection mirrors at most once there (equal to
+// as axis_taps does per pixel. The loops vectorize: reflection mirrors at most once there (equal to
 // reflect_coordinate's result whenever that lands inside), and only coordinates still outside
 // (farther than one image size beyond an edge, or NaN) take reflect_coordinate afterwards.
 template <Padding P, typename acc_t>
 void pad_row(const acc_t* x, acc_t* padded, int64_t count, int64_t size) {
   const acc_t limit = acc_t(kCoordinateLimit), span = acc_t(size - 1);
-  int outside = 0;
   for (int64_t j = 0; j < count; ++j) {
-    acc_t v = uf_clamp(x[j], -limit, limit);
-    if (P == Padding::kBorder) v = pad_coordinate<P>(v, size);
-    if (P == Padding::kReflection) {
-      const bool below = v < acc_t(0), above = v > span;
-      const acc_t mirrored_above = span - (v - span);
-      v = below ? -v : (above ? mirrored_above : v);
-      outside |= int(!(v >= acc_t(0))) | int(!(v <= span));
-    }
-    padded[j] = v;
+    const acc_t v = uf_clamp(x[j], -limit, limit);
+    padded[j] = P == Padding::kBorder ? pad_coordinate<P>(v, size) : v;
   }
-  if (P == Padding::kReflection && outside) {
-    for (int64_t j = 0; j < count; ++j) {
-      if (!(padded[j] >= acc_t(0) && padded[j] <= span))
-        padded[j] = reflect_coordinate(uf_clamp(x[j], -limit, limit), size);
+  if constexpr (P == Padding::kReflection) {
+    int outside = 0;
+    for (int64_t j = 0; j < count; ++j) {  // a separate loop: fused with the clamp it does not vectorize
+      const acc_t v = padded[j];
+      // Mirrored about size - 1 only when above it, written as a minimum (the mirror image is >= v
+      // exactly when v <= size - 1): a conditional subtraction would not vectorize.
+      const acc_t mirrored_above = span - (v - span);
+      const acc_t mirrored = v < mirrored_above ? v : mirrored_above;
+      padded[j] = v < acc_t(0) ? -v : mirrored;
+      outside |= int(!(padded[j] >= acc_t(0))) | int(!(padded[j] <= span));
+    }
+    if (outside) {
+      for (int64_t j = 0; j < count; ++j) {
+        if (!(padded[j] >= acc_t(0) && padded[j] <= span))
+          padded[j] = reflect_coordinate(uf_clamp(x[j], -limit, limit), size);
+      }
     }
   }
 }
