@@ -54,3 +54,34 @@ def test_user_errors_exit_2_without_traceback(argv, message, capsys, tmp_path, m
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+TINY_TRAIN = ["--data", "synthetic", "--steps", "2", "--base-channels", "2", "--depth", "3", "--tile-size", "60",
+              "--synthetic-images", "2", "--synthetic-size", "64", "--val-images", "1", "--device", "cpu",
+              "--no-progress"]
+
+
+def test_resume_uses_the_saved_configuration(tmp_path, capsys):
+    """--resume needs only --out and the new step count; conflicting options are named."""
+    run = str(tmp_path / "run")
+    assert main(["train", "--out", run, *TINY_TRAIN]) == 0
+    assert main(["train", "--out", run, "--resume", "--steps", "3", "--no-progress"]) == 0
+    from unet_fast import checkpoint as ckpt
+
+    _, _, state = ckpt.load_checkpoint(run)
+    assert state["step"] == 3 and state["config"]["base_channels"] == 2
+    capsys.readouterr()
+    assert main(["train", "--out", run, "--resume", "--steps", "4", "--base-channels", "4", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "base_channels=4" in err and "Traceback" not in err
+
+
+def test_paper_does_not_override_typed_options(tmp_path, capsys, monkeypatch):
+    import unet_fast.train as train_module
+
+    seen = {}
+    monkeypatch.setattr(train_module, "train", lambda config: seen.setdefault("config", config) and {"run_dir": "x"})
+    assert main(["train", "--paper", "--out", str(tmp_path / "a"), "--steps", "7", "--device", "cpu"]) == 0
+    assert seen["config"].depth == 5 and seen["config"].tile_size == 572 and seen["config"].steps == 7
+    assert main(["train", "--paper", "--depth", "3", "--out", str(tmp_path / "b"), "--device", "cpu"]) == 2
+    assert "--depth 5" in capsys.readouterr().err

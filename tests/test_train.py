@@ -98,3 +98,15 @@ def test_ddp_gloo_two_processes(tmp_path):
     assert state["step"] == 2 and len(state["rng"]) == 2
     assert state["rng"][0]["tiles"] != state["rng"][1]["tiles"]  # ranks draw different tiles
     assert (out / "metrics.csv").is_file()
+
+
+def test_resume_rejects_a_changed_run_or_world_size(tmp_path, monkeypatch):
+    import unet_fast.train as train_module
+
+    out = str(tmp_path / "run")
+    train(TrainConfig(out=out, steps=1, **TINY))
+    with pytest.raises(ValueError, match="base_channels=8"):
+        train(TrainConfig(out=out, steps=2, resume=True, **dict(TINY, base_channels=8)))
+    monkeypatch.setattr(train_module, "_distributed", lambda device: (0, 2, device))
+    with pytest.raises(ValueError, match="1 process"):
+        train(TrainConfig(out=out, steps=2, resume=True, **TINY))

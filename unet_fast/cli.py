@@ -129,11 +129,35 @@ def build_parser() -> argparse.ArgumentParser:
 # --- commands ---------------------------------------------------------------------------------------
 
 
-def _run_train(args) -> int:
-    from unet_fast.train import PAPER, TrainConfig, train
+def _explicit_train_options(argv: list[str]) -> set[str]:
+    """The destinations of the train options given on the command line (not left at defaults)."""
+    sub = argparse.ArgumentParser().add_subparsers()
+    _train_parser(sub)
+    train_parser = sub.choices["train"]
+    for action in train_parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(train_parser.parse_args(argv[1:])))
 
-    options = {k: v for k, v in vars(args).items() if k not in ("command", "paper")}
+
+def _run_train(args) -> int:
+    import dataclasses
+
+    from unet_fast.train import PAPER, TrainConfig, saved_config, train
+
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "paper", "argv")}
+    explicit = _explicit_train_options(args.argv) - {"paper"}
+    if args.resume:
+        # The saved run's configuration, with only the options typed now changed; train() rejects
+        # those that would alter the run.
+        saved = saved_config(args.out)
+        options = {**dataclasses.asdict(saved), **{k: options[k] for k in explicit}}
     if args.paper:
+        conflicts = sorted(k for k in explicit & PAPER.keys() if options[k] != PAPER[k])
+        if conflicts:
+            raise UsageError(
+                "--paper sets " + ", ".join(f"--{k.replace('_', '-')} {PAPER[k]}" for k in conflicts)
+                + "; drop --paper or the conflicting option(s)"
+            )
         options.update(PAPER)
     summary = train(TrainConfig(**options))
     print(f"run directory: {summary['run_dir']}")
@@ -263,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "bench":
         return _run_bench(argv[1:])
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return COMMANDS[args.command](args)
     except (UsageError, ValueError, FileNotFoundError) as error:

@@ -142,6 +142,34 @@ class TrainConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+# Options a resumed run may change: they do not alter the training trajectory.
+RESUMABLE_OPTIONS = ("steps", "out", "resume", "device", "progress", "log_interval", "val_interval",
+                     "checkpoint_interval", "compile")
+
+
+def saved_config(run_dir) -> "TrainConfig":
+    """The configuration stored in the latest checkpoint of ``run_dir``; ValueError when there is none."""
+    found = ckpt.find_checkpoint(run_dir)
+    if found is None:
+        raise ValueError(f"--resume: no checkpoint in {run_dir}; start without --resume")
+    with open(found / "state.json") as f:
+        return TrainConfig.from_dict(json.load(f)["config"])
+
+
+def _check_resume_config(config: "TrainConfig", saved: dict) -> None:
+    """ValueError naming every option that differs from the checkpoint's and would change the run."""
+    conflicts = [
+        f"{name}={getattr(config, name)!r} (the run used {saved[name]!r})"
+        for name in saved
+        if name not in RESUMABLE_OPTIONS and hasattr(config, name) and getattr(config, name) != saved[name]
+    ]
+    if conflicts:
+        raise ValueError(
+            "--resume continues the saved run, whose configuration differs in: " + ", ".join(conflicts)
+            + f"; only {', '.join(RESUMABLE_OPTIONS)} may change (or start a new run with another --out)"
+        )
+
+
 PAPER = dict(base_channels=64, depth=5, tile_size=572, batch_size=1, optimizer="sgd", momentum=0.99,
              dropout=0.5, augment=True, w0=10.0, sigma=5.0, class_balance=True, lr_schedule="constant")
 
@@ -518,6 +546,13 @@ def train(config: TrainConfig) -> dict:
         if found is None:
             raise ValueError(f"--resume: no checkpoint in {run_dir}; start without --resume")
         resume_state = ckpt.load_checkpoint(found, map_location=device)
+        saved_state = resume_state[2]
+        _check_resume_config(config, saved_state["config"])
+        if len(saved_state["rng"]) != world:
+            raise ValueError(
+                f"--resume: the checkpoint was written by {len(saved_state['rng'])} process(es) but this run "
+                f"has {world}: resume with the same number of processes (torchrun --nproc_per_node)"
+            )
     elif ckpt.find_checkpoint(run_dir) is not None:
         raise ValueError(f"{run_dir} already holds a training run: pass --resume to continue it or choose another --out")
 
