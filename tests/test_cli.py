@@ -85,3 +85,39 @@ def test_paper_does_not_override_typed_options(tmp_path, capsys, monkeypatch):
     assert seen["config"].depth == 5 and seen["config"].tile_size == 572 and seen["config"].steps == 7
     assert main(["train", "--paper", "--depth", "3", "--out", str(tmp_path / "b"), "--device", "cpu"]) == 2
     assert "--depth 5" in capsys.readouterr().err
+
+
+def test_three_class_folder_trains_and_evaluates(tmp_path, capsys):
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a", "b", "c"):
+        Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)).save(data / "images" / f"{name}.png")
+        Image.fromarray(rng.integers(0, 3, (64, 64), dtype=np.uint8)).save(data / "labels" / f"{name}.png")
+    run = tmp_path / "run"
+    args = [a for a in TINY_TRAIN if a not in ("synthetic",)]
+    args[args.index("--data") + 1:args.index("--data") + 1] = [str(data)]
+    assert main(["train", "--out", str(run), *args, "--num-classes", "3"]) == 0
+    from unet_fast import checkpoint as ckpt
+
+    _, _, state = ckpt.load_checkpoint(run)
+    assert state["model_config"]["num_classes"] == 3
+    assert main(["evaluate", "--pred", str(data / "labels"), "--labels", str(data / "labels"), "--num-classes", "3"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--pred", str(data / "labels"), "--labels", str(data / "labels")]) == 2
+    assert "num_classes=2" in capsys.readouterr().err
+
+
+def test_checkpoint_interval_and_val_images_are_checked(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "a"), *TINY_TRAIN, "--checkpoint-interval", "0"]) == 2
+    assert "checkpoint_interval" in capsys.readouterr().err
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "labels").mkdir()
+    for name in ("a", "b"):
+        Image.fromarray(np.zeros((64, 64), np.uint8)).save(data / "images" / f"{name}.png")
+        Image.fromarray(np.zeros((64, 64), np.uint8)).save(data / "labels" / f"{name}.png")
+    assert main(["train", "--out", str(tmp_path / "b"), "--data", str(data), "--val-images", "2", "--steps", "1",
+                 "--device", "cpu", "--no-progress"]) == 2
+    assert "val_images=2" in capsys.readouterr().err

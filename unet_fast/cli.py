@@ -39,6 +39,7 @@ def _train_parser(sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--data", default=d.data, help="'synthetic' or a directory with images/ and labels/ matched by file stem")
+    p.add_argument("--num-classes", type=int, default=d.num_classes, help="classes K: label values lie in [0, K)")
     p.add_argument("--out", default=d.out, help="run directory (config, metrics, loss plot, checkpoints)")
     p.add_argument("--steps", type=int, default=d.steps, help="training steps (batches)")
     p.add_argument("--paper", action="store_true", help="the paper's configuration: depth 5, 64 channels, 572 tiles, SGD 0.99")
@@ -99,6 +100,7 @@ def _evaluate_parser(sub) -> None:
     p.add_argument("--pred", required=True, help="directory of predicted label images (class ids)")
     p.add_argument("--labels", required=True, help="directory of ground-truth label images")
     p.add_argument("--foreground", type=int, default=1, help="the class whose regions are the objects (cells)")
+    p.add_argument("--num-classes", type=int, default=2, help="classes K: label values lie in [0, K)")
     _add_device(p)
 
 
@@ -251,8 +253,8 @@ def _run_evaluate(args) -> int:
     totals: dict[str, float] = {}
     print(f"{'image':24s} pixel_error   iou     dice    rand_error")
     for stem in common:
-        pred = torch.from_numpy(read_label(preds[stem])[0])
-        truth = torch.from_numpy(read_label(truths[stem])[0])
+        pred = torch.from_numpy(read_label(preds[stem], args.num_classes)[0])
+        truth = torch.from_numpy(read_label(truths[stem], args.num_classes)[0])
         if pred.shape != truth.shape:
             raise UsageError(f"{preds[stem]} is {tuple(pred.shape)} but {truths[stem]} is {tuple(truth.shape)}")
         scores = segmentation_metrics(pred, truth, foreground=args.foreground)

@@ -52,6 +52,7 @@ class TrainConfig:
     """Every option of a training run; ``None`` means "the documented default for the device"."""
 
     data: str = "synthetic"
+    num_classes: int = 2  # label values in [0, num_classes); the synthetic data set has 2
     out: str = "runs/train"
     steps: int = 400
     model: str = "auto"  # auto: the fast model on CUDA, the reference on CPU
@@ -103,11 +104,20 @@ class TrainConfig:
 
     def check(self) -> None:
         """ValueError naming the option for every inconsistent setting."""
-        positive = ("steps", "base_channels", "batch_size", "val_interval", "log_interval", "synthetic_images")
+        positive = ("steps", "base_channels", "batch_size", "val_interval", "log_interval", "synthetic_images",
+                    "checkpoint_interval")
         for name in positive:
             value = getattr(self, name)
+            if value is None and name == "checkpoint_interval":
+                continue  # filled in by resolved()
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 2:
+            raise ValueError(f"num_classes must be an integer >= 2, got {self.num_classes!r}")
+        if self.data == "synthetic" and self.num_classes != 2:
+            raise ValueError(f"num_classes must be 2 for the synthetic data set, got {self.num_classes}")
+        if self.class_weights is not None and len(self.class_weights) != self.num_classes:
+            raise ValueError(f"class_weights needs num_classes={self.num_classes} values, got {len(self.class_weights)}")
         if isinstance(self.depth, bool) or not isinstance(self.depth, int) or self.depth < 2:
             raise ValueError(f"depth must be an integer >= 2, got {self.depth!r}")
         choices = dict(optimizer=OPTIMIZERS, lr_schedule=SCHEDULES, amp=AMP_MODES, model=MODELS,
@@ -358,11 +368,18 @@ def load_datasets(config: TrainConfig):
     path = Path(config.data)
     if not path.is_dir():
         raise ValueError(f"--data {config.data!r} is neither 'synthetic' nor a directory with images/ and labels/")
-    full = data_module.ImageFolderDataset(path)
+    full = data_module.ImageFolderDataset(path, config.num_classes)
     count = len(full.labels)
-    val_count = min(3, max(1, round(0.1 * count))) if config.val_images is None else config.val_images
-    if count - val_count < 1:
-        val_count = 0  # a single image trains and is not validated on
+    if config.val_images is None:
+        val_count = min(3, max(1, round(0.1 * count)))
+        if count - val_count < 1:
+            val_count = 0  # a single image trains and is not validated on
+    elif config.val_images >= count:
+        raise ValueError(
+            f"val_images={config.val_images} leaves no training image: {config.data} holds {count} image(s)"
+        )
+    else:
+        val_count = config.val_images
     return _split(full, val_count)
 
 
