@@ -110,3 +110,18 @@ def test_resume_rejects_a_changed_run_or_world_size(tmp_path, monkeypatch):
     monkeypatch.setattr(train_module, "_distributed", lambda device: (0, 2, device))
     with pytest.raises(ValueError, match="1 process"):
         train(TrainConfig(out=out, steps=2, resume=True, **TINY))
+
+
+def test_init_weights_std_is_sqrt_two_over_inputs_per_neuron():
+    """The paper's std sqrt(2/N): N = in_channels * 9 for a 3x3 conv, in_channels for the 2x2
+    stride-2 up-convolution (each output pixel sees one tap per input channel)."""
+    from unet_fast.train import init_weights
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(64, 128, 3), torch.nn.ConvTranspose2d(256, 32, 2, stride=2))
+    init_weights(model)
+    conv, up = model
+    # 73,728 and 16,384 samples: the sample std is within 2% of the true std.
+    assert conv.weight.std().item() == pytest.approx((2 / (64 * 9)) ** 0.5, rel=0.02)
+    assert up.weight.std().item() == pytest.approx((2 / 256) ** 0.5, rel=0.02)
+    assert torch.count_nonzero(up.bias) == 0 and torch.count_nonzero(conv.bias) == 0

@@ -472,12 +472,25 @@ class TrainingTiles:
 
 
 def init_weights(model: nn.Module) -> None:
-    """The paper's initialisation: Gaussian weights with std sqrt(2 / fan_in), zero biases."""
+    """The paper's initialisation: Gaussian weights with std sqrt(2 / N), N the number of inputs of
+    one output neuron, zero biases.
+
+    A convolution's N is in_channels * kh * kw. A transposed convolution of stride s spreads each
+    input over k/s taps per axis, so an output pixel sees in_channels * (kh/sh) * (kw/sw) inputs
+    (in_channels for the 2x2 stride-2 up-convolution); ``kaiming_normal_`` would take the fan from
+    the weight's (in, out, kh, kw) layout as out_channels * kh * kw.
+    """
     for module in model.modules():
-        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        if isinstance(module, nn.ConvTranspose2d):
+            taps = math.prod(max(1, k // s) for k, s in zip(module.kernel_size, module.stride))
+            fan_in = module.in_channels // module.groups * taps
+            nn.init.normal_(module.weight, std=math.sqrt(2.0 / fan_in))
+        elif isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
+        else:
+            continue
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
 
 
 def _distributed(device: torch.device) -> tuple[int, int, torch.device]:
