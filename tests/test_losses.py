@@ -84,6 +84,10 @@ def test_segmentation_loss_mixes_the_terms():
         (lambda l, t, w: (l, t, w[:, 1:]), ValueError, "weight_map"),
         (lambda l, t, w: (l, t + 5, w), ValueError, "class ids"),
         (lambda l, t, w: (l.long(), t, w), TypeError, "floating"),
+        (lambda l, t, w: (l, t, -w), ValueError, "weight_map"),
+        (lambda l, t, w: (l, t, w.index_fill(1, torch.tensor([0]), float("nan"))), ValueError, "weight_map"),
+        (lambda l, t, w: (l, t, w.index_fill(1, torch.tensor([0]), float("inf"))), ValueError, "weight_map"),
+        (lambda l, t, w: (l, t, torch.ones_like(t)), TypeError, "weight_map"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(make, error, match):

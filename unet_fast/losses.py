@@ -72,8 +72,9 @@ def weighted_cross_entropy(
         weight_map: optional (N, H, W) per-pixel weights w(x) >= 0.
         class_weights: optional K per-class weights c.
         reduction: "mean" (weighted mean, sum(w c ce) / sum(w c)), "sum" or "none".
-        check_target_range: raise a ValueError for target values outside [0, K); costs one device
-            synchronisation on a GPU (without it, CUDA reports bad targets as a device-side assert).
+        check_target_range: raise a ValueError for target values outside [0, K) and for a
+            weight_map with negative or non-finite values; costs a device synchronisation on a GPU
+            (without it, CUDA reports bad targets as a device-side assert, bad weights go unnoticed).
     Returns:
         a scalar float32 (or float64 for float64 logits), or (N, H, W) with "none".
     """
@@ -92,6 +93,10 @@ def weighted_cross_entropy(
             raise ValueError(f"weight_map must have the target's shape {tuple(target.shape)}, got {tuple(weight_map.shape)}")
         if weight_map.device != logits.device:
             raise ValueError(f"weight_map is on {weight_map.device} but logits is on {logits.device}")
+        if not weight_map.is_floating_point():
+            raise TypeError(f"weight_map must be floating point, got {weight_map.dtype}")
+        if check_target_range and weight_map.numel() and not (torch.isfinite(weight_map).all() and weight_map.min() >= 0):
+            raise ValueError("weight_map must be finite and >= 0 everywhere")
         weights = weight_map.to(compute_dtype)
     per_class = _class_weight_tensor(class_weights, logits.shape[1], logits.device)
     if per_class is not None:

@@ -177,6 +177,8 @@ def weight_map(
             raise ValueError(
                 f"class_weights must have {num_classes} entries (num_classes), got shape {per_class.shape}"
             )
+        if not (np.isfinite(per_class).all() and (per_class >= 0).all()):
+            raise ValueError(f"class_weights must be finite and >= 0, got {per_class.tolist()}")
         weights = per_class[labels_np]
 
     if instances is None:
