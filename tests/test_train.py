@@ -125,3 +125,19 @@ def test_init_weights_std_is_sqrt_two_over_inputs_per_neuron():
     assert conv.weight.std().item() == pytest.approx((2 / (64 * 9)) ** 0.5, rel=0.02)
     assert up.weight.std().item() == pytest.approx((2 / 256) ** 0.5, rel=0.02)
     assert torch.count_nonzero(up.bias) == 0 and torch.count_nonzero(conv.bias) == 0
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names fsync'd files through /proc")
+def test_checkpoint_fsyncs_before_rename_and_rejects_keep_zero(tmp_path, monkeypatch):
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="keep"):
+        ckpt.save_checkpoint(tmp_path, model_state=model.state_dict(), optimizer_state=None, state={}, step=1, keep=0)
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))) or real_fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", str(a))) or real_replace(a, b))
+    ckpt.save_checkpoint(tmp_path, model_state=model.state_dict(), optimizer_state=None, state={}, step=1)
+    rename = next(i for i, (kind, path) in enumerate(events) if kind == "replace" and ".step_" in path)
+    synced = {path.rsplit("/", 1)[-1] for kind, path in events[:rename] if kind == "fsync"}
+    assert {"model.safetensors", "state.json"} <= synced
+    assert any(name.startswith(".step_00000001") for name in synced)  # the directory itself

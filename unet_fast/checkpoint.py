@@ -78,6 +78,16 @@ def join_optimizer_state(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
     return {"state": state, "param_groups": rest["param_groups"]}
 
 
+def _fsync(path: Path) -> None:
+    """Flush a file's or directory's data to disk, so a rename after it never exposes a file whose
+    content a power loss could still drop."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _write_json(path: Path, data: dict) -> None:
     with open(path, "w") as f:
         json.dump(data, f, indent=1)
@@ -88,8 +98,11 @@ def _write_json(path: Path, data: dict) -> None:
 def save_checkpoint(run_dir, *, model_state: dict, optimizer_state: dict | None, state: dict, step: int, keep: int = 2) -> Path:
     """Write checkpoint ``step`` under ``run_dir/checkpoints`` atomically and keep the newest ``keep``.
 
-    ``state`` is JSON-able (config, RNG states, ...); ``step`` is stored in it. Returns the directory.
+    ``state`` is JSON-able (config, RNG states, ...); ``step`` is stored in it. ``keep`` >= 1.
+    Returns the directory.
     """
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ValueError(f"keep must be an integer >= 1 (the checkpoint just written is kept), got {keep!r}")
     _require_safetensors()
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
@@ -103,16 +116,24 @@ def save_checkpoint(run_dir, *, model_state: dict, optimizer_state: dict | None,
             save_file(tensors, str(tmp / "optimizer.safetensors"))
             meta["optimizer"] = rest
         _write_json(tmp / "state.json", meta)
+        for tensors_file in tmp.glob("*.safetensors"):
+            _fsync(tensors_file)
+        _fsync(tmp)
         final = root / name
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+        _fsync(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     pointer = root / f".{LATEST}.tmp"
-    pointer.write_text(name + "\n")
+    with open(pointer, "w") as f:
+        f.write(name + "\n")
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(pointer, root / LATEST)
+    _fsync(root)
     for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
