@@ -1,7 +1,9 @@
 """The unet-fast command end to end on tiny settings: train -> predict -> evaluate, help, errors."""
 import numpy as np
 import pytest
-from PIL import Image
+for _package in ("scipy", "safetensors", "tifffile"):  # the train extra
+    pytest.importorskip(_package)
+Image = pytest.importorskip("PIL.Image")
 
 from unet_fast.cli import main
 
@@ -121,3 +123,20 @@ def test_checkpoint_interval_and_val_images_are_checked(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "b"), "--data", str(data), "--val-images", "2", "--steps", "1",
                  "--device", "cpu", "--no-progress"]) == 2
     assert "val_images=2" in capsys.readouterr().err
+
+
+def test_missing_optional_package_is_one_line(tmp_path, capsys, monkeypatch):
+    import unet_fast.train as train_module
+
+    def missing_scipy(config):
+        import scipy_that_is_not_installed  # noqa: F401
+
+    monkeypatch.setitem(__import__("sys").modules, "scipy_that_is_not_installed", None)
+    monkeypatch.setattr("unet_fast.cli.TRAIN_EXTRA_MODULES", ("scipy_that_is_not_installed",))
+    monkeypatch.setattr(train_module, "train", missing_scipy)
+    assert main(["train", "--out", str(tmp_path / "a"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'unet-fast[train]'" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setattr("unet_fast.cli.TRAIN_EXTRA_MODULES", ())
+    with pytest.raises(ModuleNotFoundError):  # other missing modules are bugs: keep the traceback
+        main(["train", "--out", str(tmp_path / "b"), "--device", "cpu"])

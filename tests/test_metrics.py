@@ -3,6 +3,8 @@ import numpy as np
 import pytest
 import torch
 
+pytest.importorskip("scipy")  # unet_fast.metrics
+
 from unet_fast.metrics import (
     adapted_rand_error_segments,
     foreground_dice,

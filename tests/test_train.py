@@ -1,4 +1,5 @@
 """The trainer on tiny CPU settings: exact resume, checkpoints, run directory, DDP with gloo."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -6,7 +7,8 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
+pytest.importorskip("scipy")  # weight maps
+load_file = pytest.importorskip("safetensors.torch").load_file
 
 from unet_fast import checkpoint as ckpt
 from unet_fast.train import TrainConfig, learning_rate, train
@@ -37,7 +39,10 @@ def test_resume_equals_uninterrupted_training(tmp_path, optimizer):
 def test_run_directory_contents(tmp_path):
     out = tmp_path / "run"
     summary = train(TrainConfig(out=str(out), steps=2, **TINY))
-    assert {"config.json", "metrics.csv", "metrics.json", "loss.png", "checkpoints"} <= {p.name for p in out.iterdir()}
+    expected = {"config.json", "metrics.csv", "metrics.json", "checkpoints"}
+    if importlib.util.find_spec("matplotlib") is not None:
+        expected.add("loss.png")
+    assert expected <= {p.name for p in out.iterdir()}
     assert set(summary["validation"]) == {"pixel_error", "iou", "dice", "rand_error"}
     model_state, optimizer_state, state = ckpt.load_checkpoint(out)
     assert state["step"] == 2 and state["model_config"]["depth"] == 3

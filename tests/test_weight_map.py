@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage
+ndimage = pytest.importorskip("scipy.ndimage")
 
 from unet_fast.data import synthetic_em_sample
 from unet_fast.weight_map import (

@@ -33,7 +33,8 @@ LATEST = "latest"
 
 def _require_safetensors() -> None:
     if save_file is None:
-        raise ImportError("checkpoints need the 'safetensors' package: pip install safetensors")
+        raise ModuleNotFoundError("checkpoints need the 'safetensors' package: pip install safetensors",
+                                  name="safetensors")
 
 
 def encode_rng(state: torch.Tensor) -> str:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 PROG = "unet-fast"
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
+# Import names of the packages of the optional "train" extra (pyproject.toml).
+TRAIN_EXTRA_MODULES = ("scipy", "PIL", "tifffile", "safetensors", "matplotlib")
 
 
 class UsageError(Exception):
@@ -294,6 +296,12 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except (UsageError, ValueError, FileNotFoundError) as error:
         print(f"{PROG} {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] not in TRAIN_EXTRA_MODULES:
+            raise
+        print(f"{PROG} {args.command}: error: the '{error.name}' package is missing: pip install 'unet-fast[train]'",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\n{PROG} {args.command}: interrupted", file=sys.stderr)

@@ -3,9 +3,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tifffile
 import torch
-from PIL import Image
+
+tifffile = pytest.importorskip("tifffile")
+Image = pytest.importorskip("PIL.Image")
+pytest.importorskip("scipy")  # unet_fast.data
 
 from unet_fast.data import ImageFolderDataset, read_image, read_label
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage
+ndimage = pytest.importorskip("scipy.ndimage")
 
 from unet_fast.data import SyntheticEMDataset, make_synthetic_em, synthetic_em_sample
 

@@ -3,6 +3,8 @@ import numpy as np
 import pytest
 import torch
 
+pytest.importorskip("scipy")  # unet_fast.data
+
 from unet_fast.data import Tile, TileSampler
 
 
