@@ -89,11 +89,27 @@ def test_checkpoint_optimizer_roundtrip():
             assert torch.equal(torch.as_tensor(a[key]), torch.as_tensor(b[key]))
 
 
+RANK_WEIGHTS_SCRIPT = """
+import os, sys, torch
+import unet_fast.train as train_module
+from unet_fast.cli import main
+
+built = []
+build_model = train_module.build_model
+train_module.build_model = lambda *args, **kwargs: built.append(build_model(*args, **kwargs)) or built[-1]
+code = main(sys.argv[2:])
+torch.save(built[0].state_dict(), os.path.join(sys.argv[1], "rank%s.pt" % os.environ["RANK"]))
+sys.exit(code)
+"""
+
+
 def test_ddp_gloo_two_processes(tmp_path):
     """torchrun with 2 CPU processes: rank 0 writes the run; the ranks' replicas stay identical."""
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-               "-m", "unet_fast", "train", "--data", "synthetic", "--out", str(out), "--steps", "2",
+    script = tmp_path / "train_and_save_weights.py"
+    script.write_text(RANK_WEIGHTS_SCRIPT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(script), str(tmp_path), "train", "--data", "synthetic", "--out", str(out), "--steps", "2",
                "--base-channels", "2", "--depth", "3", "--tile-size", "60", "--synthetic-images", "2",
                "--synthetic-size", "64", "--val-images", "1", "--val-interval", "2", "--device", "cpu", "--no-progress"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -103,6 +119,11 @@ def test_ddp_gloo_two_processes(tmp_path):
     assert state["step"] == 2 and len(state["rng"]) == 2
     assert state["rng"][0]["tiles"] != state["rng"][1]["tiles"]  # ranks draw different tiles
     assert (out / "metrics.csv").is_file()
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    saved = final_weights(out, 2)
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key  # all-reduced gradients keep replicas equal
+        assert torch.equal(rank0[key], saved[key]), key
 
 
 def test_resume_rejects_a_changed_run_or_world_size(tmp_path, monkeypatch):
