@@ -1,6 +1,7 @@
 """The trainer on tiny CPU settings: exact resume, checkpoints, run directory, DDP with gloo."""
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -167,3 +168,14 @@ def test_checkpoint_fsyncs_before_rename_and_rejects_keep_zero(tmp_path, monkeyp
     synced = {path.rsplit("/", 1)[-1] for kind, path in events[:rename] if kind == "fsync"}
     assert {"model.safetensors", "state.json"} <= synced
     assert any(name.startswith(".step_00000001") for name in synced)  # the directory itself
+
+
+ISBI = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "shared", "data", "isbi2012")
+
+
+@pytest.mark.skipif(not os.path.isdir(ISBI), reason="ISBI 2012 data not present (../shared/data/isbi2012)")
+def test_two_steps_on_isbi(tmp_path):
+    summary = train(TrainConfig(data=ISBI, out=str(tmp_path / "isbi"), steps=2, base_channels=2, depth=3,
+                                tile_size=60, val_interval=2, device="cpu", progress=False))
+    assert summary["steps"] == 2 and math.isfinite(summary["loss"])
+    assert 0 <= summary["validation"]["pixel_error"] <= 1
