@@ -120,3 +120,11 @@ def test_cuda_matches_cpu():
     ):
         # Different reduction orders only: float32 rounding.
         torch.testing.assert_close(fn(logits.cuda(), target.cuda(), weights.cuda()).cpu(), fn(logits, target, weights))
+
+
+def test_segmentation_loss_dice_class_weights_apply_to_dice_only():
+    logits, target, weights = _inputs()
+    c = torch.tensor([0.5, 2.0, 1.0], dtype=torch.float64)
+    loss = SegmentationLoss(dice_weight=0.5, dice_class_weights=c)(logits, target, weights)
+    expected = weighted_cross_entropy(logits, target, weights) + 0.5 * dice_loss(logits, target, class_weights=c)
+    torch.testing.assert_close(loss, expected)

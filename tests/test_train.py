@@ -44,7 +44,7 @@ def test_run_directory_contents(tmp_path):
     if importlib.util.find_spec("matplotlib") is not None:
         expected.add("loss.png")
     assert expected <= {p.name for p in out.iterdir()}
-    assert set(summary["validation"]) == {"pixel_error", "iou", "dice", "rand_error"}
+    assert set(summary["validation"]) == {"pixel_error", "foreground_iou", "foreground_dice", "rand_error"}
     model_state, optimizer_state, state = ckpt.load_checkpoint(out)
     assert state["step"] == 2 and state["model_config"]["depth"] == 3
     assert any("momentum_buffer" in entry for entry in optimizer_state["state"].values())
@@ -179,3 +179,14 @@ def test_two_steps_on_isbi(tmp_path):
                                 tile_size=60, val_interval=2, device="cpu", progress=False))
     assert summary["steps"] == 2 and math.isfinite(summary["loss"])
     assert 0 <= summary["validation"]["pixel_error"] <= 1
+
+
+def test_class_weights_reach_the_dice_term(tmp_path, monkeypatch):
+    import unet_fast.losses as losses_module
+
+    seen = []
+    dice_loss = losses_module.dice_loss
+    monkeypatch.setattr(losses_module, "dice_loss",
+                        lambda *args, **kwargs: seen.append(kwargs["class_weights"]) or dice_loss(*args, **kwargs))
+    train(TrainConfig(out=str(tmp_path / "run"), steps=1, dice_weight=1.0, class_weights=[1.0, 3.0], **TINY))
+    assert seen and seen[0].tolist() == [1.0, 3.0]

@@ -238,7 +238,7 @@ def _run_evaluate(args) -> int:
     import torch
 
     from unet_fast.data import read_label
-    from unet_fast.train import segmentation_metrics
+    from unet_fast.metrics import segmentation_metrics
 
     pred_dir, label_dir = Path(args.pred), Path(args.labels)
     for name, directory in (("--pred", pred_dir), ("--labels", label_dir)):
@@ -253,7 +253,8 @@ def _run_evaluate(args) -> int:
     if missing:
         print(f"warning: no prediction for {len(missing)} label image(s), e.g. {missing[0]}", file=sys.stderr)
     totals: dict[str, float] = {}
-    print(f"{'image':24s} pixel_error   iou     dice    rand_error")
+    columns = ("pixel_error", "foreground_iou", "foreground_dice", "rand_error")
+    print(f"{'image':24s}" + "".join(f" {name:>15s}" for name in columns))
     for stem in common:
         pred = torch.from_numpy(read_label(preds[stem], args.num_classes)[0])
         truth = torch.from_numpy(read_label(truths[stem], args.num_classes)[0])
@@ -262,8 +263,8 @@ def _run_evaluate(args) -> int:
         scores = segmentation_metrics(pred, truth, foreground=args.foreground)
         for key, value in scores.items():
             totals[key] = totals.get(key, 0.0) + value / len(common)
-        print(f"{stem:24s} {scores['pixel_error']:.4f}      {scores['iou']:.4f}  {scores['dice']:.4f}  {scores['rand_error']:.4f}")
-    print(f"{'mean':24s} {totals['pixel_error']:.4f}      {totals['iou']:.4f}  {totals['dice']:.4f}  {totals['rand_error']:.4f}")
+        print(f"{stem:24s}" + "".join(f" {scores[name]:15.4f}" for name in columns))
+    print(f"{'mean':24s}" + "".join(f" {totals[name]:15.4f}" for name in columns))
     return 0
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from unet_fast.train import TrainConfig, build_model, load_model, resolve_device, segmentation_metrics, train
+from unet_fast.metrics import segmentation_metrics
+from unet_fast.train import TrainConfig, build_model, load_model, resolve_device, train
 
 CPU_DEMO = dict(base_channels=8, depth=4, tile_size=188, optimizer="adamw", steps=300, synthetic_images=8,
                 synthetic_size=256, val_interval=100)
@@ -87,7 +88,7 @@ def run_demo(out=None, steps=None, seed: int = 0, device: str = "auto", progress
     Image.fromarray(np.concatenate(overlays, axis=0)).save(run_dir / "overlays.png")
 
     print(f"held-out ({HELD_OUT} images, overlap-tile, {seconds:.1f} s): pixel error {totals['pixel_error']:.4f}  "
-          f"IoU {totals['iou']:.4f}  Dice {totals['dice']:.4f}  Rand error {totals['rand_error']:.4f}")
+          f"IoU {totals['foreground_iou']:.4f}  Dice {totals['foreground_dice']:.4f}  Rand error {totals['rand_error']:.4f}")
     speed = _throughput(model.config(), torch_device, settings["tile_size"])
     line = "  ".join(f"{kind} {value:.2f} tiles/s" for kind, value in speed.items())
     if "fast" in speed:

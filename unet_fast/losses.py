@@ -157,21 +157,29 @@ class SegmentationLoss(torch.nn.Module):
     Args:
         ce_weight, dice_weight: the mix (paper: 1 and 0).
         class_weights: optional K per-class weights, used by both terms.
+        dice_class_weights: K weights for the Dice term instead of ``class_weights``, for a weight
+            map that already holds the class weights (the paper's w(x) = w_c(x) + border term):
+            ``class_weights=None, dice_class_weights=c``.
     ``forward(logits (N, K, H, W), target (N, H, W) int64, weight_map (N, H, W) or None)`` -> scalar.
     """
 
-    def __init__(self, *, ce_weight: float = 1.0, dice_weight: float = 0.0, class_weights=None):
+    def __init__(self, *, ce_weight: float = 1.0, dice_weight: float = 0.0, class_weights=None,
+                 dice_class_weights=None):
         super().__init__()
         if ce_weight < 0 or dice_weight < 0 or ce_weight + dice_weight == 0:
             raise ValueError(f"ce_weight and dice_weight must be >= 0, not both 0; got {ce_weight}, {dice_weight}")
         self.ce_weight, self.dice_weight = float(ce_weight), float(dice_weight)
         self.class_weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+        if dice_class_weights is not None:
+            dice_class_weights = torch.as_tensor(dice_class_weights, dtype=torch.float32)
+        self.dice_class_weights = self.class_weights if dice_class_weights is None else dice_class_weights
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, weight_map: torch.Tensor | None = None) -> torch.Tensor:
         class_weights = None if self.class_weights is None else self.class_weights.to(logits.device)
+        dice_class_weights = None if self.dice_class_weights is None else self.dice_class_weights.to(logits.device)
         loss = logits.new_zeros((), dtype=torch.float64 if logits.dtype == torch.float64 else torch.float32)
         if self.ce_weight:
             loss = loss + self.ce_weight * weighted_cross_entropy(logits, target, weight_map, class_weights=class_weights)
         if self.dice_weight:
-            loss = loss + self.dice_weight * dice_loss(logits, target, class_weights=class_weights)
+            loss = loss + self.dice_weight * dice_loss(logits, target, class_weights=dice_class_weights)
         return loss

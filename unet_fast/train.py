@@ -36,6 +36,7 @@ from torch import nn
 from unet_fast import checkpoint as ckpt
 from unet_fast import shapes
 from unet_fast.inference import predict_tiled
+from unet_fast.losses import SegmentationLoss
 
 CPU_TILE_SIZE = 252
 GPU_TILE_SIZE = 572
@@ -296,7 +297,8 @@ class RunLog:
     """Rows of metrics for a run directory: metrics.csv, metrics.json and loss.png."""
 
     COLUMNS = ("step", "loss", "lr", "tiles_per_s", "elapsed_s",
-               "val_pixel_error", "val_iou", "val_dice", "val_rand_error")
+               "val_pixel_error", "val_foreground_iou", "val_foreground_dice",
+               "val_rand_error")
 
     def __init__(self, run_dir: Path, resume_step: int | None = None):
         self.run_dir = run_dir
@@ -523,21 +525,14 @@ def _set_rng_state(state: dict, generator: torch.Generator, device: torch.device
         torch.cuda.set_rng_state(ckpt.decode_rng(state["cuda"]), device)
 
 
-def segmentation_metrics(prediction: torch.Tensor, truth: torch.Tensor, foreground: int = 1) -> dict[str, float]:
-    """Pixel error, foreground IoU and Dice, adapted Rand error of one (H, W) label map."""
-    from unet_fast import metrics
-
-    scores = metrics.segmentation_metrics(prediction, truth, foreground=foreground)
-    return dict(pixel_error=scores["pixel_error"], iou=scores["foreground_iou"], dice=scores["foreground_dice"],
-                rand_error=scores["rand_error"])
-
-
 def validate(model: nn.Module, val, config: TrainConfig, device: torch.device) -> dict[str, float]:
     """Mean metrics of overlap-tile predictions of the held-out images.
 
     Predictions use ``predict_tiled``'s default tile (572 px or what fits the GPU), not the training
     tile: the stitched result is the same, and a small training tile would spend most of the compute
     on context margins (on CPU a 512 px image takes 64 tiles of 252 px but 4 of 572)."""
+    from unet_fast.metrics import segmentation_metrics
+
     totals: dict[str, float] = {}
     for image, truth in zip(val.images, val.labels):
         _, labels = predict_tiled(model, image.float().to(device), batch_size=2)
@@ -617,7 +612,8 @@ def train(config: TrainConfig) -> dict:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     forward = torch.compile(model) if config.compile else model
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp)
-    loss_fn = _loss_function(config, train_set.num_classes)
+    # The weight map holds the class weights (w_c + border term); Dice takes explicit ones directly.
+    loss_fn = SegmentationLoss(dice_weight=config.dice_weight, dice_class_weights=config.class_weights)
 
     progress = Progress(config.steps, start, enabled=config.progress and rank == 0)
     begin = time.perf_counter() - elapsed_before  # elapsed_s counts the whole run across resumes
@@ -657,8 +653,8 @@ def train(config: TrainConfig) -> dict:
                 row = row or dict(step=done, lr=lr, elapsed_s=time.perf_counter() - begin)
                 row.update({f"val_{k}": v for k, v in last_val.items()})
                 progress.message(
-                    f"step {done}: validation pixel error {last_val['pixel_error']:.4f}  IoU {last_val['iou']:.4f}  "
-                    f"Dice {last_val['dice']:.4f}  Rand error {last_val['rand_error']:.4f}"
+                    f"step {done}: validation pixel error {last_val['pixel_error']:.4f}  IoU {last_val['foreground_iou']:.4f}  "
+                    f"Dice {last_val['foreground_dice']:.4f}  Rand error {last_val['rand_error']:.4f}"
                 )
             model.train()
         if rank == 0 and row is not None:
@@ -687,15 +683,3 @@ def train(config: TrainConfig) -> dict:
     return dict(run_dir=str(run_dir), steps=config.steps, loss=loss_value, validation=last_val,
                 seconds=time.perf_counter() - begin, rank=rank, world_size=world)
 
-
-def _loss_function(config: TrainConfig, num_classes: int):
-    """loss(logits (B, K, O, O) float32, labels (B, O, O), weights (B, O, O)) -> scalar."""
-    from unet_fast import losses
-
-    def loss(logits, labels, weights):
-        value = losses.weighted_cross_entropy(logits, labels, weights)
-        if config.dice_weight:
-            value = value + config.dice_weight * losses.dice_loss(logits, labels)
-        return value
-
-    return loss
