@@ -57,10 +57,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", type=Path, help="write the results to this JSON file")
     args = parser.parse_args(argv)
 
+    # One thread, like the scipy loop; the caller's setting is restored (tests run this in-process).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args) -> dict:
     from unet_fast.data import synthetic_em_sample
     from unet_fast.weight_map import weight_map
 
-    torch.set_num_threads(1)
     _, labels, _ = synthetic_em_sample(args.size, args.seed, 0, args.cell_size)
     cells = int(ndimage.label(labels == 1)[1])
     label_tensor = torch.from_numpy(labels)

@@ -190,3 +190,24 @@ def test_class_weights_reach_the_dice_term(tmp_path, monkeypatch):
                         lambda *args, **kwargs: seen.append(kwargs["class_weights"]) or dice_loss(*args, **kwargs))
     train(TrainConfig(out=str(tmp_path / "run"), steps=1, dice_weight=1.0, class_weights=[1.0, 3.0], **TINY))
     assert seen and seen[0].tolist() == [1.0, 3.0]
+
+
+def test_loss_plot_keeps_the_global_matplotlib_backend(tmp_path):
+    matplotlib = pytest.importorskip("matplotlib")
+    from unet_fast.benchmark.report import plot
+    from unet_fast.train import RunLog
+
+    previous = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        log = RunLog(tmp_path)
+        log.add(dict(step=1, loss=0.5, val_pixel_error=0.2, val_rand_error=0.3))
+        assert log.plot().read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        document = {"settings": {"baseline": "reference"}, "environment": {"device_name": "cpu", "torch": "x", "commit": "c"},
+                    "records": [{"kind": "model", "status": "ok", "speedup": 1.5, "shape": "1x1x572x572",
+                                 "dtype": "float32", "mode": "forward", "provider": "fast"}]}
+        assert plot(document, str(tmp_path / "bench.png")) is None
+        assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(previous)

@@ -154,8 +154,10 @@ def test_benchmark_script_runs_and_agrees_with_scipy(tmp_path):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     threads = torch.get_num_threads()
+    torch.set_num_threads(2)
     try:
         result = bench.main(["--size", "96", "--cell-size", "24", "--repeats", "1", "--json", str(tmp_path / "r.json")])
+        assert torch.get_num_threads() == 2  # the benchmark's single thread does not leak out
     finally:
         torch.set_num_threads(threads)
     assert result["cells"] > 5 and result["max_abs_difference"] < 1e-5

@@ -326,15 +326,16 @@ class RunLog:
     def plot(self) -> Path | None:
         """loss.png: training loss and validation errors over steps; None without matplotlib."""
         try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
+            # A figure of its own with the Agg canvas: pyplot's global backend stays the caller's.
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
         except ImportError:
             return None
         train = [(r["step"], r["loss"]) for r in self.rows if r["loss"] is not None]
         val = [(r["step"], r["val_pixel_error"], r["val_rand_error"]) for r in self.rows if r["val_pixel_error"] is not None]
-        fig, ax = plt.subplots(figsize=(7, 4))
+        fig = Figure(figsize=(7, 4))
+        FigureCanvasAgg(fig)
+        ax = fig.subplots()
         if train:
             ax.plot(*zip(*train), label="training loss")
         ax.set_xlabel("step")
@@ -351,7 +352,6 @@ class RunLog:
         fig.tight_layout()
         path = self.run_dir / "loss.png"
         fig.savefig(path, dpi=100)
-        plt.close(fig)
         return path
 
 

@@ -76,10 +76,9 @@ def plot(document: dict, path: str) -> str | None:
     """Writes a PNG of every provider's speedup over the baseline, one panel per mode. Returns
     None on success, else why no plot was written (matplotlib missing, nothing to plot)."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        # A figure of its own with the Agg canvas: pyplot's global backend stays the caller's.
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError:
         return "matplotlib is not installed (pip install matplotlib): no plot written"
     baseline = document["settings"]["baseline"]
@@ -90,7 +89,9 @@ def plot(document: dict, path: str) -> str | None:
             by_mode[record["mode"]][record["provider"]][case] = record["speedup"]
     if not by_mode:
         return "no provider ran alongside the baseline: nothing to plot"
-    figure, axes = plt.subplots(len(by_mode), 1, figsize=(10, 3.6 * len(by_mode)), squeeze=False)
+    figure = Figure(figsize=(10, 3.6 * len(by_mode)))
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(len(by_mode), 1, squeeze=False)
     for axis, (mode, providers) in zip(axes[:, 0], by_mode.items()):
         cases = sorted({case for values in providers.values() for case in values})
         width = 0.8 / max(len(providers), 1)
@@ -107,7 +108,6 @@ def plot(document: dict, path: str) -> str | None:
     figure.suptitle(f"unet_fast on {env['device_name']} (torch {env['torch']}, commit {str(env['commit'])[:12]})")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
-    plt.close(figure)
     return None
 
 
