@@ -211,3 +211,39 @@ def test_loss_plot_keeps_the_global_matplotlib_backend(tmp_path):
         assert matplotlib.get_backend() == "svg"
     finally:
         matplotlib.use(previous)
+
+
+def test_augmented_tiles_rotate_with_real_context():
+    """Rotated tiles are warped out of a larger crop: their corners hold the image's own pixels. On a
+    linear ramp the augmented tile stays exactly linear (bilinear sampling of a plane), while warping
+    the cut tile alone reflects its corners."""
+    from types import SimpleNamespace
+
+    from unet_fast.augment import ElasticAugment
+    from unet_fast.data import Tile
+    from unet_fast.train import TrainingTiles
+
+    size = 300
+    y, x = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
+    ramp = (0.003 * x + 0.002 * y)[None, None]
+    labels = (torch.arange(size)[None, :, None] % 7 == 0).long().expand(1, size, size).contiguous()
+    train_set = SimpleNamespace(images=ramp, labels=labels, names=["ramp"], instances=None, num_classes=2, in_channels=1)
+    config = TrainConfig(depth=3, tile_size=60, batch_size=1, w0=0.0).resolved(torch.device("cpu"))
+    tiles = TrainingTiles(train_set, config, torch.device("cpu"))
+    rotation_only = ElasticAugment(sigma=0.0, flip=False, contrast=None, brightness=None, gamma=None)
+    tiles.augment = rotation_only
+    tiles.sampler = SimpleNamespace(sample=lambda: Tile(0, 120, 120))
+
+    def plane_residual(tile):
+        coords = torch.stack([x[:60, :60].flatten(), y[:60, :60].flatten(), torch.ones(3600)], dim=1).double()
+        values = tile.flatten().double()
+        solution = torch.linalg.lstsq(coords, values[:, None]).solution
+        return (coords @ solution - values[:, None]).abs().max().item()
+
+    augmented, _, _ = tiles.batch(torch.Generator().manual_seed(3))
+    # float32 bilinear sampling of values up to ~1.5: residuals ~1e-6.
+    assert plane_residual(augmented[0, 0]) < 1e-4
+    top = 120 + tiles.context  # the tile window inside the crop, in the padded image
+    cut = tiles.images[0][None, :, top : top + 60, top : top + 60]
+    isolated, = rotation_only(cut, generator=torch.Generator().manual_seed(3))[:1]
+    assert plane_residual(isolated[0, 0]) > 0.01  # the old way: reflected corners

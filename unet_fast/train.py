@@ -409,7 +409,10 @@ class TrainingTiles:
     ``balanced_sampling``); its generator is seeded per DDP rank, so ranks draw different tiles.
     Weight maps are computed once per image (the paper's w(x), on the full label map, so cells cut
     by a tile edge keep their true distances). With augmentation, ``unet_fast.augment.ElasticAugment``
-    warps image, labels and weights together on the device.
+    warps image, labels and weights together on the device: it warps the tile's window out of a
+    larger crop (``context`` px more each side: a rotated square's corners plus three standard
+    deviations of the elastic displacement), so rotated tiles see real neighbouring pixels, not
+    reflections of the tile. The coarse displacement lattice spans that crop.
     """
 
     def __init__(self, train, config: TrainConfig, device: torch.device, rank: int = 0):
@@ -421,6 +424,13 @@ class TrainingTiles:
         self.tile = shapes.largest_valid_input_size(config.tile_size, config.depth, config.padding)
         self.out = shapes.output_size(self.tile, config.depth, config.padding)
         pad = (self.tile - self.out) // 2
+        self.augment, self.context = None, 0
+        if config.augment:
+            from unet_fast.augment import ElasticAugment
+
+            self.augment = ElasticAugment()
+            self.context = math.ceil(self.tile * (math.sqrt(2) - 1) / 2 + 3 * self.augment.settings["sigma"])
+        border = pad + self.context
         class_weights = config.class_weights if config.class_weights is not None else ("balanced" if config.class_balance else None)
         instances = train.instances if train.instances is not None else [None] * len(train.labels)
         self.images, self.labels, self.weights = [], [], []
@@ -433,7 +443,7 @@ class TrainingTiles:
             weights = weight_map(label.long(), num_classes=train.num_classes, instances=cells,
                                  w0=config.w0, sigma=config.sigma, class_weights=class_weights)
             def padded(t):
-                return mirror_pad(mirror_pad(t[None].float(), pad, pad, -2), pad, pad, -1)[0].to(device)
+                return mirror_pad(mirror_pad(t[None].float(), border, border, -2), border, border, -1)[0].to(device)
 
             # Labels and weights are mirrored like the image, so augmentation can warp the whole tile.
             self.images.append(padded(image))
@@ -442,24 +452,22 @@ class TrainingTiles:
         self.pad = pad
         self.sampler = TileSampler(list(train.labels), self.out, num_classes=train.num_classes,
                                    class_balanced=config.balanced_sampling, seed=config.seed * 1000 + rank)
-        self.augment = None
-        if config.augment:
-            from unet_fast.augment import ElasticAugment
-
-            self.augment = ElasticAugment()
 
     def batch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(tiles (B, C, T, T), labels (B, O, O) int64, weights (B, O, O) float32) on the device."""
         tiles, labels, weights = [], [], []
         for _ in range(self.config.batch_size):
             where = self.sampler.sample()
-            window = (slice(where.top, where.top + self.tile), slice(where.left, where.left + self.tile))
+            crop = self.tile + 2 * self.context
+            window = (slice(where.top, where.top + crop), slice(where.left, where.left + crop))
             tiles.append(self.images[where.index][(slice(None), *window)])
             labels.append(self.labels[where.index][window])
             weights.append(self.weights[where.index][window])
         tiles, labels, weights = torch.stack(tiles), torch.stack(labels), torch.stack(weights)
         if self.augment is not None:
-            tiles, labels, weights = self.augment(tiles, labels, weights, generator=generator)
+            # The centred tile-sized window of the warped crop: rotation about the tile's centre.
+            tiles, labels, weights = self.augment(tiles, labels, weights, out_size=(self.tile, self.tile),
+                                                  generator=generator)
         inner = (slice(None), slice(self.pad, self.pad + self.out), slice(self.pad, self.pad + self.out))
         return tiles, labels[inner].contiguous(), weights[inner].contiguous()
 
