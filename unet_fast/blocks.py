@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from unet_fast.ops._backends import dot_precision, output_memory_format
+from unet_fast.ops._validation import check_crop
 from unet_fast.ops.gemm_convs import conv1x1_backward_impl, conv1x1_impl, upconv2x2_backward_impl, upconv2x2_impl
 from unet_fast.reference.functional import center_crop
 
@@ -100,7 +101,7 @@ def _conv_backward(grad_y: Tensor | None, grad_pooled: Tensor | None, x: Tensor,
     if skip is None:
         return grad_inputs, None, grad_weight, grad_bias
     c0 = skip.shape[1]
-    top, left = (skip.shape[2] - x.shape[2]) // 2, (skip.shape[3] - x.shape[3]) // 2
+    top, left = check_crop(skip.shape, x.shape)
     bottom, right = skip.shape[2] - x.shape[2] - top, skip.shape[3] - x.shape[3] - left
     grad_skip = F.pad(grad_inputs[:, :c0], (left, right, top, bottom))
     return grad_inputs[:, c0:], grad_skip, grad_weight, grad_bias

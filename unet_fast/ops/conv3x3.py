@@ -275,7 +275,7 @@ def _aten_backward(grad_y, grad_pooled, x, skip, weight, y, relu, needs):
         c0 = 0 if skip is None else skip.shape[1]
         grad_x = grad_inputs[:, c0:]
         if skip is not None:
-            top, left = (skip.shape[2] - x.shape[2]) // 2, (skip.shape[3] - x.shape[3]) // 2
+            top, left = check_crop(skip.shape, x.shape)
             grad_skip = torch.zeros_like(skip)
             grad_skip[:, :, top : top + x.shape[2], left : left + x.shape[3]] = grad_inputs[:, :c0]
     return grad_x, grad_skip, grad_weight, grad_bias

@@ -31,6 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
+from unet_fast.ops._validation import check_crop
 from unet_fast.triton.aot import KernelConfig, register
 
 _TORCH_TO_TRITON = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64"}
@@ -393,9 +394,7 @@ def gemm_grid(rows: int, cols: int, block_m: int, block_n: int) -> tuple[int, in
 
 def crop_offset_of(skip: torch.Tensor | None, x: torch.Tensor) -> tuple[int, int]:
     """(top, left) of x's (H, W) window centered in skip; (0, 0) without skip."""
-    if skip is None:
-        return 0, 0
-    return (skip.shape[2] - x.shape[2]) // 2, (skip.shape[3] - x.shape[3]) // 2
+    return (0, 0) if skip is None else check_crop(skip.shape, x.shape)
 
 
 def conv3x3_forward(
