@@ -176,6 +176,15 @@ def test_bad_arguments_and_inputs_raise_clear_errors():
         model(torch.randn(1, 1, 15, 16))
     with pytest.raises(ValueError, match="input channel"):
         model(torch.randn(1, 3, 16, 16))
+    with pytest.raises(ValueError, match="input is on meta but the model's parameters are on cpu"):
+        model(_input(model).to("meta"))
+
+
+def test_backend_summary_reports_a_backend_that_cannot_run_instead_of_raising(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    summary = UNet(depth=2, base_channels=4, backend="triton").backend_summary("cpu")
+    assert set(summary) == {"encoder.0", "encoder.1", "decoder.0", "head"}
+    assert all(v.startswith("unavailable (") and "triton" in v for v in summary.values()), summary
 
 
 # --- precision, layouts, compile --------------------------------------------------------------------

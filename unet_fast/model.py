@@ -68,10 +68,14 @@ class UNet(ReferenceUNet):
 
     def backend_summary(self, device: torch.device | str | None = None) -> dict[str, str]:
         """For each block ("encoder.i", "decoder.j", "head"), how it runs on ``device`` (default: the
-        parameters' device): "fused (triton)", "fused (torch)" or "reference (<reason>)"."""
+        parameters' device): "fused (triton)", "fused (torch)", "reference (<reason>)", or
+        "unavailable (<reason>)" when the requested backend cannot run there (forward would raise)."""
         parameter = next(self.parameters())
         device = parameter.device if device is None else torch.device(device)
-        fused = f"fused ({resolve_backend(self.backend, device, parameter.dtype)})"
+        try:
+            fused = f"fused ({resolve_backend(self.backend, device, parameter.dtype)})"
+        except (ValueError, TypeError) as error:  # forward would raise this; the summary reports it
+            fused = f"unavailable ({error})"
         encoder_reason, decoder_reason = self._encoder_fallback_reason(), self._decoder_fallback_reason()
         summary = {}
         for level in range(self.depth):

@@ -121,6 +121,8 @@ def test_bad_sizes_and_channels_raise_clear_errors():
         model(torch.zeros(1, 1, 572, 572, dtype=torch.uint8))
     with pytest.raises(ValueError, match="multiples of 16"):
         UNet(base_channels=4, padding="same")(torch.randn(1, 1, 100, 96))
+    with pytest.raises(ValueError, match="input is on meta but the model's parameters are on cpu"):
+        model(torch.randn(1, 1, 572, 572, device="meta"))
 
 
 @pytest.mark.parametrize(

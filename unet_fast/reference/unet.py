@@ -165,6 +165,10 @@ class UNet(nn.Module):
             raise ValueError(f"expected {self.in_channels} input channel(s), got {x.shape[1]} (shape {tuple(x.shape)})")
         if not x.is_floating_point():
             raise TypeError(f"expected a floating-point input, got {x.dtype}")
+        parameter_device = self.head.weight.device
+        if x.device != parameter_device:
+            raise ValueError(f"input is on {x.device} but the model's parameters are on {parameter_device}: "
+                             f"move one of them, e.g. x.to({str(parameter_device)!r})")
         for axis, size in (("height", x.shape[2]), ("width", x.shape[3])):
             if not is_valid_input_size(size, self.depth, self.padding):
                 raise ValueError(f"input {axis}: " + invalid_size_message(size, self.depth, self.padding))
