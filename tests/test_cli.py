@@ -109,6 +109,10 @@ def test_three_class_folder_trains_and_evaluates(tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", "--pred", str(data / "labels"), "--labels", str(data / "labels")]) == 2
     assert "num_classes=2" in capsys.readouterr().err
+    for foreground in ("3", "-1"):
+        assert main(["evaluate", "--pred", str(data / "labels"), "--labels", str(data / "labels"),
+                     "--num-classes", "3", "--foreground", foreground]) == 2
+        assert "--foreground must be a class id in [0, 3)" in capsys.readouterr().err
 
 
 def test_checkpoint_interval_and_val_images_are_checked(tmp_path, capsys):

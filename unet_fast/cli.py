@@ -240,6 +240,11 @@ def _run_evaluate(args) -> int:
     from unet_fast.data import read_label
     from unet_fast.metrics import segmentation_metrics
 
+    if args.num_classes < 2:
+        raise UsageError(f"--num-classes must be >= 2, got {args.num_classes}")
+    if not 0 <= args.foreground < args.num_classes:
+        raise UsageError(f"--foreground must be a class id in [0, {args.num_classes}) (--num-classes "
+                         f"{args.num_classes}), got {args.foreground}")
     pred_dir, label_dir = Path(args.pred), Path(args.labels)
     for name, directory in (("--pred", pred_dir), ("--labels", label_dir)):
         if not directory.is_dir():
