@@ -2,14 +2,33 @@
 // (displacement, source points, sampling; bilinear sampling in further passes of its own). A
 // coarse displacement grid is interpolated separably: per row along y for each grid column (as the
 // CUDA kernel does), then along x with weights precomputed once per call.
+//
+// The row loops are compiled twice: portable (SSE2 on x86-64) and, chosen at run time, for AVX2,
+// where float32 bilinear sampling gathers 8 pixels at a time. Both compute the same operations in
+// the same order (no FMA contraction: the AVX2 target does not enable FMA), so their results are
+// bitwise equal; ATEN_CPU_CAPABILITY=default, which turns off torch's own AVX2 kernels, selects
+// the portable loops too.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/Version.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <type_traits>
 #include <vector>
 
 #include "ops/elastic_warp_checks.h"
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define UF_ELASTIC_AVX2 1
+#define UF_TARGET_AVX2 __attribute__((target("avx2")))
+#else
+#define UF_ELASTIC_AVX2 0
+#endif
 
 namespace unet_fast {
 namespace elastic {
@@ -25,7 +44,7 @@ constexpr int64_t kMaxTableColumns = 16;
 // reflect_coordinate's result whenever that lands inside), and only coordinates still outside
 // (farther than one image size beyond an edge, or NaN) take reflect_coordinate afterwards.
 template <Padding P, typename acc_t>
-void pad_row(const acc_t* x, acc_t* padded, int64_t count, int64_t size) {
+UF_WARP_INLINE void pad_row(const acc_t* x, acc_t* padded, int64_t count, int64_t size) {
   const acc_t limit = acc_t(kCoordinateLimit), span = acc_t(size - 1);
   for (int64_t j = 0; j < count; ++j) {
     const acc_t v = uf_clamp(x[j], -limit, limit);
@@ -53,20 +72,96 @@ void pad_row(const acc_t* x, acc_t* padded, int64_t count, int64_t size) {
 
 // The bilinear taps of a row of padded coordinates as arrays: floors and both weights.
 template <typename acc_t>
-void bilinear_row(const acc_t* x, int64_t count, int32_t* floors, acc_t* w0, acc_t* w1) {
+UF_WARP_INLINE void bilinear_row(const acc_t* x, int64_t count, int32_t* floors, acc_t* w0, acc_t* w1) {
   for (int64_t j = 0; j < count; ++j) {
     floors[j] = floor_index<int32_t>(x[j]);
     bilinear_weights(x[j], acc_t(floors[j]), w0[j], w1[j]);
   }
 }
 
+#if UF_ELASTIC_AVX2
+#define UF_AVX2_INLINE UF_TARGET_AVX2 inline __attribute__((always_inline))
+
+// Whether each index i lies in [0, size); kNonNegative: the indices are known to be >= 0.
+template <bool kNonNegative>
+UF_AVX2_INLINE __m256i inside_avx2(__m256i i, __m256i size) {
+  const __m256i below_size = _mm256_cmpgt_epi32(size, i);
+  if (kNonNegative) return below_size;
+  return _mm256_and_si256(below_size, _mm256_cmpgt_epi32(i, _mm256_set1_epi32(-1)));
+}
+
+UF_AVX2_INLINE __m256i clamp_avx2(__m256i i, __m256i last) {
+  return _mm256_min_epi32(_mm256_max_epi32(i, _mm256_setzero_si256()), last);
+}
+
+// w * v where the mask `inside` is set, +0 elsewhere.
+UF_AVX2_INLINE __m256 masked_product_avx2(__m256 w, __m256 v, __m256i inside) {
+  return _mm256_and_ps(_mm256_mul_ps(w, v), _mm256_castsi256_ps(inside));
+}
+
+// sample_row_bilinear of a float32 plane, 8 pixels per step with AVX2 gathers; returns how many
+// leading pixels it did (a multiple of 8). The products and sums are sample_plane's, in its order:
+// a tap outside the image, which sample_plane skips, adds +0 here instead (the sum it would be
+// added to is never -0, being 0 + something, so the result is bitwise the same), and its load
+// reads a clamped index. Element offsets must fit in int32 (the caller checks).
+template <Padding P>
+UF_TARGET_AVX2 int64_t sample_row_bilinear_avx2(const float* plane, int32_t stride_h, int32_t stride_w,
+                                                int32_t height, int32_t width, const int32_t* iy, const float* wy0,
+                                                const float* wy1, const int32_t* ix, const float* wx0,
+                                                const float* wx1, int64_t count, float* values) {
+  constexpr bool kPadded = P != Padding::kZeros;  // padded floors are >= 0 and < size
+  const __m256i one = _mm256_set1_epi32(1), all = _mm256_set1_epi32(-1);
+  const __m256i rows = _mm256_set1_epi32(height), columns = _mm256_set1_epi32(width);
+  const __m256i last_row = _mm256_set1_epi32(height - 1), last_column = _mm256_set1_epi32(width - 1);
+  const __m256i row_stride = _mm256_set1_epi32(stride_h), column_stride = _mm256_set1_epi32(stride_w);
+  const __m256 zero = _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + 8 <= count; j += 8) {
+    const __m256i y0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(iy + j));
+    const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ix + j));
+    const __m256i y1 = _mm256_add_epi32(y0, one), x1 = _mm256_add_epi32(x0, one);
+    const __m256i in_y0 = kPadded ? all : inside_avx2<false>(y0, rows), in_y1 = inside_avx2<kPadded>(y1, rows);
+    const __m256i in_x0 = kPadded ? all : inside_avx2<false>(x0, columns);
+    const __m256i in_x1 = inside_avx2<kPadded>(x1, columns);
+    const __m256i row0 = _mm256_mullo_epi32(clamp_avx2(y0, last_row), row_stride);
+    const __m256i row1 = _mm256_mullo_epi32(clamp_avx2(y1, last_row), row_stride);
+    const __m256i column0 = _mm256_mullo_epi32(clamp_avx2(x0, last_column), column_stride);
+    const __m256i column1 = _mm256_mullo_epi32(clamp_avx2(x1, last_column), column_stride);
+    const __m256 v00 = _mm256_i32gather_ps(plane, _mm256_add_epi32(row0, column0), 4);
+    const __m256 v01 = _mm256_i32gather_ps(plane, _mm256_add_epi32(row0, column1), 4);
+    const __m256 v10 = _mm256_i32gather_ps(plane, _mm256_add_epi32(row1, column0), 4);
+    const __m256 v11 = _mm256_i32gather_ps(plane, _mm256_add_epi32(row1, column1), 4);
+    const __m256 w_x0 = _mm256_loadu_ps(wx0 + j), w_x1 = _mm256_loadu_ps(wx1 + j);
+    const __m256 along0 = _mm256_add_ps(_mm256_add_ps(zero, masked_product_avx2(w_x0, v00, in_x0)),
+                                        masked_product_avx2(w_x1, v01, in_x1));
+    const __m256 along1 = _mm256_add_ps(_mm256_add_ps(zero, masked_product_avx2(w_x0, v10, in_x0)),
+                                        masked_product_avx2(w_x1, v11, in_x1));
+    const __m256 result =
+        _mm256_add_ps(_mm256_add_ps(zero, masked_product_avx2(_mm256_loadu_ps(wy0 + j), along0, in_y0)),
+                      masked_product_avx2(_mm256_loadu_ps(wy1 + j), along1, in_y1));
+    _mm256_storeu_ps(values + j, result);
+  }
+  return j;
+}
+#endif
+
 // Bilinear sampling of one plane along a row with per-pixel taps from bilinear_row (rows iy with
 // weights wy0, wy1; columns ix with wx0, wx1); values[j] receives pixel j's interpolated value.
-template <typename T, typename acc_t, Padding P>
-void sample_row_bilinear(const T* plane, int64_t stride_h, int64_t stride_w, int64_t height, int64_t width,
+template <typename T, typename acc_t, Padding P, bool kAvx2>
+UF_WARP_INLINE void sample_row_bilinear(const T* plane, int64_t stride_h, int64_t stride_w, int64_t height, int64_t width,
                          const int32_t* iy, const acc_t* wy0, const acc_t* wy1, const int32_t* ix,
                          const acc_t* wx0, const acc_t* wx1, int64_t count, acc_t* values) {
-  for (int64_t j = 0; j < count; ++j) {
+  int64_t j = 0;
+#if UF_ELASTIC_AVX2
+  if constexpr (kAvx2 && std::is_same_v<T, float> && std::is_same_v<acc_t, float>) {
+    const int64_t largest_offset = (height - 1) * stride_h + (width - 1) * stride_w;
+    if (stride_h >= 0 && stride_w >= 0 && largest_offset <= std::numeric_limits<int32_t>::max()) {
+      j = sample_row_bilinear_avx2<P>(plane, int32_t(stride_h), int32_t(stride_w), int32_t(height), int32_t(width),
+                                      iy, wy0, wy1, ix, wx0, wx1, count, values);
+    }
+  }
+#endif
+  for (; j < count; ++j) {
     AxisTaps<acc_t> ty, tx;
     bilinear_taps_at<P>(iy[j], wy0[j], wy1[j], height, ty);
     bilinear_taps_at<P>(ix[j], wx0[j], wx1[j], width, tx);
@@ -76,7 +171,7 @@ void sample_row_bilinear(const T* plane, int64_t stride_h, int64_t stride_w, int
 
 // Nearest copy of an integer plane along a row, from per-pixel row and column indices.
 template <typename L>
-void copy_row_nearest(const void* plane, int64_t stride_h, int64_t stride_w, const int32_t* ny,
+UF_WARP_INLINE void copy_row_nearest(const void* plane, int64_t stride_h, int64_t stride_w, const int32_t* ny,
                       const int32_t* nx, int64_t count, void* out) {
   const L* source = static_cast<const L*>(plane);
   L* target = static_cast<L*>(out);
@@ -100,8 +195,8 @@ struct RowBuffers {
 // Bilinear image sampling, row by row in passes over arrays: padding, taps, then sampling per
 // channel, weight and label. Same arithmetic as warp_pixel, arranged so that all but the gathers
 // vectorize and no per-pixel branch tests which outputs exist.
-template <typename T, typename acc_t, Padding P>
-void warp_row_bilinear(const WarpPointers<acc_t>& p, const WarpGeometry& g, int64_t n, int64_t i,
+template <typename T, typename acc_t, Padding P, bool kAvx2>
+UF_WARP_INLINE void warp_row_bilinear(const WarpPointers<acc_t>& p, const WarpGeometry& g, int64_t n, int64_t i,
                        RowBuffers<acc_t>& b) {
   const int64_t count = g.out_width;
   int32_t* iy = b.iy.data();
@@ -116,7 +211,7 @@ void warp_row_bilinear(const WarpPointers<acc_t>& p, const WarpGeometry& g, int6
   T* out = static_cast<T*>(p.out) + n * g.out.n + i * g.out.h;
   const acc_t* vary = p.intensity ? p.intensity + 3 * n : nullptr;
   for (int64_t c = 0; c < g.channels; ++c) {
-    sample_row_bilinear<T, acc_t, P>(image + c * g.image.c, g.image.h, g.image.w, g.height, g.width, iy, wy0, wy1,
+    sample_row_bilinear<T, acc_t, P, kAvx2>(image + c * g.image.c, g.image.h, g.image.w, g.height, g.width, iy, wy0, wy1,
                                      ix, wx0, wx1, count, values);
     T* out_row = out + c * g.out.c;
     if (vary != nullptr) {
@@ -131,13 +226,13 @@ void warp_row_bilinear(const WarpPointers<acc_t>& p, const WarpGeometry& g, int6
   if (p.weight != nullptr) {
     if (g.weight_is_float) {
       const float* weight = static_cast<const float*>(p.weight) + n * g.weight.n;
-      sample_row_bilinear<float, acc_t, P>(weight, g.weight.h, g.weight.w, g.height, g.width, iy, wy0, wy1, ix,
+      sample_row_bilinear<float, acc_t, P, kAvx2>(weight, g.weight.h, g.weight.w, g.height, g.width, iy, wy0, wy1, ix,
                                            wx0, wx1, count, values);
       float* weight_out = static_cast<float*>(p.weight_out) + plain_row;
       for (int64_t j = 0; j < count; ++j) weight_out[j] = static_cast<float>(values[j]);
     } else {
       const T* weight = static_cast<const T*>(p.weight) + n * g.weight.n;
-      sample_row_bilinear<T, acc_t, P>(weight, g.weight.h, g.weight.w, g.height, g.width, iy, wy0, wy1, ix, wx0,
+      sample_row_bilinear<T, acc_t, P, kAvx2>(weight, g.weight.h, g.weight.w, g.height, g.width, iy, wy0, wy1, ix, wx0,
                                        wx1, count, values);
       T* weight_out = static_cast<T*>(p.weight_out) + plain_row;
       for (int64_t j = 0; j < count; ++j) weight_out[j] = static_cast<T>(values[j]);
@@ -169,88 +264,153 @@ void warp_row_bilinear(const WarpPointers<acc_t>& p, const WarpGeometry& g, int6
   }
 }
 
-template <typename T, typename acc_t, Interp I, Padding P, bool kFloatImage>
-void warp_cpu(const WarpPointers<acc_t>& pointers, const WarpGeometry& geometry) {
-  const int64_t gw = geometry.grid_width, out_width = geometry.out_width;
-  const bool use_table = !geometry.dense && gw <= kMaxTableColumns;
+// What every row of one call shares: the coarse grid's taps along x and their weight table.
+template <typename acc_t>
+struct ColumnTables {
+  bool use_table = false;
   std::vector<AxisTaps<acc_t>> x_taps;
   std::vector<acc_t> table;  // table[c * out_width + j]: weight of grid column c at output column j
+  std::vector<acc_t> column_coordinates;  // x of each output column in the full warp
+};
+
+template <typename acc_t>
+ColumnTables<acc_t> column_tables(const WarpGeometry& geometry) {
+  const int64_t gw = geometry.grid_width, out_width = geometry.out_width;
+  ColumnTables<acc_t> t;
+  t.use_table = !geometry.dense && gw <= kMaxTableColumns;
   if (!geometry.dense) {
-    x_taps.resize(out_width);
+    t.x_taps.resize(out_width);
     for (int64_t j = 0; j < out_width; ++j) {
       const int64_t x = uf_clamp<int64_t>(j + geometry.offset_x, 0, geometry.width - 1);
-      coarse_axis_taps(x, geometry.width, gw, x_taps[j]);
+      coarse_axis_taps(x, geometry.width, gw, t.x_taps[j]);
     }
-    if (use_table) {
-      table.assign(gw * out_width, acc_t(0));
+    if (t.use_table) {
+      t.table.assign(gw * out_width, acc_t(0));
       for (int64_t j = 0; j < out_width; ++j)
-        for (int k = 0; k < 4; ++k) table[x_taps[j].index[k] * out_width + j] += x_taps[j].weight[k];
+        for (int k = 0; k < 4; ++k) t.table[t.x_taps[j].index[k] * out_width + j] += t.x_taps[j].weight[k];
     }
   }
-  std::vector<acc_t> column_coordinates(out_width);  // x of each output column in the full warp
-  for (int64_t j = 0; j < out_width; ++j) column_coordinates[j] = acc_t(j + geometry.offset_x);
-  const int64_t rows = geometry.batch * geometry.out_height;
-  const int64_t grain = std::max<int64_t>(1, 16384 / out_width);
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    // Local copies: label stores through char-sized pointers could alias the originals and force
-    // reloads of every field per pixel.
-    const WarpGeometry g = geometry;
-    const WarpPointers<acc_t> p = pointers;
-    RowBuffers<acc_t> b(out_width, gw);
-    acc_t* columns = b.columns.data();
-    acc_t* dy = b.dy.data();
-    acc_t* dx = b.dx.data();
-    acc_t* sy = b.sy.data();
-    acc_t* sx = b.sx.data();
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t n = row / g.out_height, i = row % g.out_height;
-      const int64_t y = uf_clamp<int64_t>(i + g.offset_y, 0, g.height - 1);
-      // 1. The displacement of every pixel of the row.
-      if (g.dense) {
-        for (int64_t j = 0; j < out_width; ++j) {
-          const int64_t x = uf_clamp<int64_t>(j + g.offset_x, 0, g.width - 1);
-          dense_displacement(p.displacement, g.displacement, n, y, x, dy[j], dx[j]);
-        }
-      } else {
-        AxisTaps<acc_t> y_taps;
-        coarse_axis_taps(y, g.height, g.grid_height, y_taps);
-        const acc_t* grid = p.displacement + n * g.displacement.n;
-        for (int64_t c = 0; c < gw; ++c) {
-          columns[c] = coarse_column(grid, g.displacement.h, g.displacement.w, y_taps, c);
-          columns[gw + c] = coarse_column(grid + g.displacement.c, g.displacement.h, g.displacement.w, y_taps, c);
-        }
-        if (use_table) {
-          std::fill(dy, dy + out_width, acc_t(0));
-          std::fill(dx, dx + out_width, acc_t(0));
-          for (int64_t c = 0; c < gw; ++c) {
-            const acc_t* weights = table.data() + c * out_width;
-            const acc_t column_dy = columns[c], column_dx = columns[gw + c];
-            for (int64_t j = 0; j < out_width; ++j) {
-              dy[j] += weights[j] * column_dy;
-              dx[j] += weights[j] * column_dx;
-            }
-          }
-        } else {
-          for (int64_t j = 0; j < out_width; ++j) {
-            dy[j] = coarse_along_x(columns, x_taps[j]);
-            dx[j] = coarse_along_x(columns + gw, x_taps[j]);
-          }
-        }
+  t.column_coordinates.resize(out_width);
+  for (int64_t j = 0; j < out_width; ++j) t.column_coordinates[j] = acc_t(j + geometry.offset_x);
+  return t;
+}
+
+// Output rows [begin, end) of the flattened (N * out_height) rows.
+template <typename T, typename acc_t, Interp I, Padding P, bool kFloatImage, bool kAvx2>
+UF_WARP_INLINE void warp_rows(const WarpPointers<acc_t>& pointers, const WarpGeometry& geometry,
+                              const ColumnTables<acc_t>& tables, int64_t begin, int64_t end) {
+  const int64_t gw = geometry.grid_width, out_width = geometry.out_width;
+  const bool use_table = tables.use_table;
+  const AxisTaps<acc_t>* x_taps = tables.x_taps.data();
+  // Local copies: label stores through char-sized pointers could alias the originals and force
+  // reloads of every field per pixel.
+  const WarpGeometry g = geometry;
+  const WarpPointers<acc_t> p = pointers;
+  RowBuffers<acc_t> b(out_width, gw);
+  acc_t* columns = b.columns.data();
+  acc_t* dy = b.dy.data();
+  acc_t* dx = b.dx.data();
+  acc_t* sy = b.sy.data();
+  acc_t* sx = b.sx.data();
+  for (int64_t row = begin; row < end; ++row) {
+    const int64_t n = row / g.out_height, i = row % g.out_height;
+    const int64_t y = uf_clamp<int64_t>(i + g.offset_y, 0, g.height - 1);
+    // 1. The displacement of every pixel of the row.
+    if (g.dense) {
+      for (int64_t j = 0; j < out_width; ++j) {
+        const int64_t x = uf_clamp<int64_t>(j + g.offset_x, 0, g.width - 1);
+        dense_displacement(p.displacement, g.displacement, n, y, x, dy[j], dx[j]);
       }
-      // 2. Where every pixel samples the input.
-      const acc_t* affine = p.affine ? p.affine + 6 * n : nullptr;
-      const acc_t row_coordinate = acc_t(i + g.offset_y);
-      const acc_t* xs = column_coordinates.data();
-      for (int64_t j = 0; j < out_width; ++j)
-        source_point(row_coordinate, xs[j], dy[j], dx[j], affine, g.height, g.width, sy[j], sx[j]);
-      // 3. Sampling.
-      if constexpr (kFloatImage && I == Interp::kBilinear) {
-        warp_row_bilinear<T, acc_t, P>(p, g, n, i, b);
+    } else {
+      AxisTaps<acc_t> y_taps;
+      coarse_axis_taps(y, g.height, g.grid_height, y_taps);
+      const acc_t* grid = p.displacement + n * g.displacement.n;
+      for (int64_t c = 0; c < gw; ++c) {
+        columns[c] = coarse_column(grid, g.displacement.h, g.displacement.w, y_taps, c);
+        columns[gw + c] = coarse_column(grid + g.displacement.c, g.displacement.h, g.displacement.w, y_taps, c);
+      }
+      if (use_table) {
+        std::fill(dy, dy + out_width, acc_t(0));
+        std::fill(dx, dx + out_width, acc_t(0));
+        for (int64_t c = 0; c < gw; ++c) {
+          const acc_t* weights = tables.table.data() + c * out_width;
+          const acc_t column_dy = columns[c], column_dx = columns[gw + c];
+          for (int64_t j = 0; j < out_width; ++j) {
+            dy[j] += weights[j] * column_dy;
+            dx[j] += weights[j] * column_dx;
+          }
+        }
       } else {
-        for (int64_t j = 0; j < out_width; ++j)
-          warp_pixel<T, acc_t, I, P, kFloatImage>(p, g, n, i, j, sy[j], sx[j]);
+        for (int64_t j = 0; j < out_width; ++j) {
+          dy[j] = coarse_along_x(columns, x_taps[j]);
+          dx[j] = coarse_along_x(columns + gw, x_taps[j]);
+        }
       }
     }
+    // 2. Where every pixel samples the input.
+    const acc_t* affine = p.affine ? p.affine + 6 * n : nullptr;
+    const acc_t row_coordinate = acc_t(i + g.offset_y);
+    const acc_t* xs = tables.column_coordinates.data();
+    for (int64_t j = 0; j < out_width; ++j)
+      source_point(row_coordinate, xs[j], dy[j], dx[j], affine, g.height, g.width, sy[j], sx[j]);
+    // 3. Sampling.
+    if constexpr (kFloatImage && I == Interp::kBilinear) {
+      warp_row_bilinear<T, acc_t, P, kAvx2>(p, g, n, i, b);
+    } else {
+      for (int64_t j = 0; j < out_width; ++j)
+        warp_pixel<T, acc_t, I, P, kFloatImage>(p, g, n, i, j, sy[j], sx[j]);
+    }
+  }
+}
+
+template <typename T, typename acc_t, Interp I, Padding P, bool kFloatImage>
+void warp_rows_portable(const WarpPointers<acc_t>& p, const WarpGeometry& g, const ColumnTables<acc_t>& tables,
+                        int64_t begin, int64_t end) {
+  warp_rows<T, acc_t, I, P, kFloatImage, false>(p, g, tables, begin, end);
+}
+
+#if UF_ELASTIC_AVX2
+// The same loops compiled for AVX2 (float32 images only: the common case, and the one with
+// gathers written for it).
+template <typename T, typename acc_t, Interp I, Padding P, bool kFloatImage>
+UF_TARGET_AVX2 void warp_rows_avx2(const WarpPointers<acc_t>& p, const WarpGeometry& g,
+                                   const ColumnTables<acc_t>& tables, int64_t begin, int64_t end) {
+  warp_rows<T, acc_t, I, P, kFloatImage, true>(p, g, tables, begin, end);
+}
+#endif
+
+// Whether the AVX2 row loops may run: the CPU (and OS) support AVX2 and torch's own CPU kernels
+// use AVX2 or AVX-512 (ATEN_CPU_CAPABILITY=default selects the portable loops for both).
+bool avx2_enabled() {
+#if UF_ELASTIC_AVX2
+  static const bool enabled = [] {
+    if (!__builtin_cpu_supports("avx2")) return false;
+    const std::string capability = at::get_cpu_capability();
+    return capability == "AVX2" || capability == "AVX512";
+  }();
+  return enabled;
+#else
+  return false;
+#endif
+}
+
+template <typename T, typename acc_t, Interp I, Padding P, bool kFloatImage>
+void warp_cpu(const WarpPointers<acc_t>& pointers, const WarpGeometry& geometry) {
+  const ColumnTables<acc_t> tables = column_tables<acc_t>(geometry);
+  const int64_t rows = geometry.batch * geometry.out_height;
+  const int64_t grain = std::max<int64_t>(1, 16384 / geometry.out_width);
+  bool avx2 = false;
+  if constexpr (std::is_same_v<T, float> && kFloatImage) avx2 = avx2_enabled();
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+#if UF_ELASTIC_AVX2
+    if constexpr (std::is_same_v<T, float> && kFloatImage) {
+      if (avx2) {
+        warp_rows_avx2<T, acc_t, I, P, kFloatImage>(pointers, geometry, tables, begin, end);
+        return;
+      }
+    }
+#endif
+    warp_rows_portable<T, acc_t, I, P, kFloatImage>(pointers, geometry, tables, begin, end);
   });
 }
 
