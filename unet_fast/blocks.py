@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from unet_fast.ops._backends import dot_precision, output_memory_format
 from unet_fast.ops._validation import check_crop
+from unet_fast.ops.conv3x3 import fused_backward, fused_forward
 from unet_fast.ops.gemm_convs import conv1x1_backward_impl, conv1x1_impl, upconv2x2_backward_impl, upconv2x2_impl
 from unet_fast.reference.functional import center_crop
 
@@ -60,11 +61,12 @@ def _uses_tf32(t: Tensor) -> bool:
 
 def _conv_forward(x: Tensor, skip: Tensor | None, weight: Tensor, bias: Tensor | None, pool: bool, backend: str,
                   layout: torch.memory_format) -> tuple[Tensor, Tensor | None]:
-    """relu(conv3x3_valid(cat(center_crop(skip, x), x))) and, with pool, its 2x2 max-pool."""
-    if backend == "triton":
-        from unet_fast.triton.conv3x3 import conv3x3_forward
+    """relu(conv3x3_valid(cat(center_crop(skip, x), x))) and, with pool, its 2x2 max-pool.
 
-        return conv3x3_forward(x, weight, bias, skip, True, pool, _uses_tf32(x))
+    "triton" always runs the Triton kernels; "auto" runs them through the same per-shape choice
+    between Triton and cuDNN as ``unet_fast.ops.conv3x3_relu(backend="auto")``."""
+    if backend in ("triton", "auto"):
+        return fused_forward(x, weight, bias, skip, True, pool, _uses_tf32(x), tune=backend == "auto")
     inputs = x if skip is None else torch.cat([center_crop(skip, tuple(x.shape[-2:])), x], dim=1)
     y = F.relu(F.conv2d(inputs, weight, bias)).contiguous(memory_format=layout)
     return y, (F.max_pool2d(y, 2).contiguous(memory_format=layout) if pool else None)
@@ -80,14 +82,12 @@ def _conv_backward(grad_y: Tensor | None, grad_pooled: Tensor | None, x: Tensor,
                    weight: Tensor, y: Tensor, need_inputs: bool, backend: str):
     """(grad_x, grad_skip, grad_weight, grad_bias) of ``_conv_forward`` from x, skip and y; grad_x and
     grad_skip are None unless need_inputs (grad_skip also without skip)."""
-    if backend == "triton":
-        from unet_fast.triton.conv3x3 import conv3x3_backward
-
+    if backend in ("triton", "auto"):
         if grad_y is None and grad_pooled is None:
             grad_y = torch.zeros_like(y)
         needs = (need_inputs, need_inputs and skip is not None, True, True)
-        return conv3x3_backward(grad_y, grad_pooled, x, skip, weight, y, True, grad_pooled is not None, needs,
-                                _uses_tf32(x))
+        return fused_backward(grad_y, grad_pooled, x, skip, weight, y, True, grad_pooled is not None, _uses_tf32(x),
+                              backend == "auto", needs)
     g = torch.zeros_like(y) if grad_y is None else grad_y
     if grad_pooled is not None:
         g = g + _max_pool_backward(grad_pooled, y)

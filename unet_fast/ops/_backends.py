@@ -1,7 +1,9 @@
-"""Backend choice shared by the Triton-backed ops: "auto", "triton" or "torch"."""
+"""Backend choice shared by the Triton-backed ops ("auto", "triton" or "torch"), and the runtime rules
+every op and launcher follows: autocast casts, the CUDA device guard and the autotuning switch."""
 from __future__ import annotations
 
-import importlib.util
+import contextlib
+import importlib
 import os
 
 import torch
@@ -9,14 +11,37 @@ import torch
 BACKENDS = ("auto", "triton", "torch")
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
+# UNET_FAST_AUTOTUNE=0 makes every choice that is otherwise timed on first use fixed and
+# reproducible: Triton kernels launch their first (default) configuration, and backend="auto"
+# runs the Triton kernels on every shape instead of timing them against cuDNN.
+AUTOTUNE_ENV = "UNET_FAST_AUTOTUNE"
+
+
+def _triton_imports() -> bool:
+    try:
+        importlib.import_module("triton")
+    except ImportError:
+        return False
+    return True
+
+
+# decided once at import: the check then traces under torch.compile as a constant
+_TRITON_AVAILABLE = _triton_imports()
+
 
 def triton_available() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    """Whether the triton package imports (installed and usable on this platform)."""
+    return _TRITON_AVAILABLE
 
 
 def triton_interpreting() -> bool:
     """Whether Triton kernels run in the interpreter on CPU tensors (TRITON_INTERPRET=1)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def autotune_enabled() -> bool:
+    """False when ``UNET_FAST_AUTOTUNE=0``: no per-shape timing anywhere (see AUTOTUNE_ENV)."""
+    return os.environ.get(AUTOTUNE_ENV, "1").strip() not in ("0", "false", "False", "off")
 
 
 def check_backend(backend) -> None:
@@ -25,7 +50,8 @@ def check_backend(backend) -> None:
 
 
 def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
-    """"triton" or "torch" for tensors on ``device`` of ``dtype``; ValueError when "triton" cannot run them.
+    """"triton" or "torch" for tensors on ``device`` of ``dtype``; ValueError (TypeError for the
+    dtype) when "triton" cannot run them.
 
     "auto" picks triton for CUDA tensors of fp16/bf16/fp32 when Triton is installed, torch otherwise.
     """
@@ -37,13 +63,64 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> s
     if backend == "auto":
         return "triton" if can_run and device.type == "cuda" and dtype in TRITON_DTYPES else "torch"
     if not triton_available():
-        raise ValueError('backend="triton" needs the triton package, which is not installed')
+        raise ValueError('backend="triton" needs the triton package, which is not installed (or does not import)')
     if not can_run:
-        raise ValueError(f'backend="triton" runs on CUDA tensors (or on CPU under TRITON_INTERPRET=1), got {device}')
+        raise ValueError(
+            f'backend="triton" runs on CUDA tensors (or on CPU with TRITON_INTERPRET=1 set before triton is '
+            f"imported), got tensors on {device}"
+        )
     if dtype not in TRITON_DTYPES:
-        raise TypeError(f'backend="triton" supports float16, bfloat16 and float32, got {dtype}')
+        raise TypeError(f'backend="triton" supports float16, bfloat16 and float32 tensors, got {dtype}')
     return "triton"
 
+
+def block_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The backend argument of the model's block ops (``unet_fast.blocks``): "auto" where ``backend``
+    is "auto" and resolves to Triton (Triton kernels, with the fused 3x3 conv choosing cuDNN per shape
+    where that is measured faster, as ``conv3x3_relu`` does), else ``resolve_backend``'s answer."""
+    resolved = resolve_backend(backend, device, dtype)
+    return "auto" if backend == "auto" and resolved == "triton" else resolved
+
+
+def kernel_backend(backend: str) -> str:
+    """"triton" or "torch" for an already resolved backend; the block ops' "auto" runs Triton kernels."""
+    return "torch" if backend == "torch" else "triton"
+
+
+# --- autocast ------------------------------------------------------------------------------------------
+
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype torch.autocast computes in on this device type right now, or None (autocast off, or a
+    device type such as "meta" that autocast does not know)."""
+    if not torch.amp.is_autocast_available(device_type) or not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
+
+
+def autocast_cast(dtype: torch.dtype | None, t: torch.Tensor | None) -> torch.Tensor | None:
+    """``t`` as autocast casts a convolution's input: floating tensors to ``dtype``, except float64,
+    which autocast leaves alone (as it does integers and None)."""
+    if dtype is None or t is None or not t.is_floating_point() or t.dtype == torch.float64:
+        return t
+    return t.to(dtype)
+
+
+def autocast_disabled(device_type: str):
+    """A context without autocast, so an op's implementation computes in its inputs' dtypes exactly as
+    its fake (meta) kernel says."""
+    if not torch.amp.is_autocast_available(device_type):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, enabled=False)
+
+
+# --- devices -------------------------------------------------------------------------------------------
+
+def device_guard(t: torch.Tensor):
+    """Makes ``t``'s CUDA device the current one (Triton launches on the current device and stream)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+# --- numerics and layouts --------------------------------------------------------------------------------
 
 def dot_precision(device: torch.device, dtype: torch.dtype) -> str:
     """The Triton ``tl.dot`` input precision matching PyTorch's convolutions: TF32 for fp32 CUDA tensors
@@ -56,8 +133,9 @@ def dot_precision(device: torch.device, dtype: torch.dtype) -> str:
 
 
 def output_memory_format(backend: str, like: torch.Tensor) -> torch.memory_format:
-    """Layout of an op's output: always channels_last from Triton; from torch, the input's layout."""
-    if backend == "triton":
+    """Layout of an op's output: always channels_last from Triton (and from the block ops' "auto",
+    whose cuDNN fallback converts to it); from torch, the input's layout."""
+    if backend in ("triton", "auto"):
         return torch.channels_last
     # PyTorch's own rule (suggest_memory_format): channels_last strides, which for a single channel
     # means a unit channel stride, as ``.to(memory_format=torch.channels_last)`` gives.

@@ -8,17 +8,28 @@ the caller's tensor anyway): the ReLU mask and the pool's argmax are recomputed 
 The custom ops run the Triton kernels (``unet_fast.triton.conv3x3``) for fp16/bf16/fp32 tensors
 on CUDA, or on CPU under ``TRITON_INTERPRET=1``; for other dtypes or devices they run an ATen
 implementation of the same formulas, which is how the autograd formulas are gradchecked in float64.
+``fused_forward`` and ``fused_backward`` are those implementations, also used by the model's block
+ops (``unet_fast.blocks``) so that they make the same per-shape Triton/cuDNN choice.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from unet_fast.ops._backends import (
+    TRITON_DTYPES,
+    autocast_cast,
+    autocast_disabled,
+    autocast_dtype,
+    autotune_enabled,
+    check_backend,
+    device_guard,
+    resolve_backend,
+    triton_interpreting,
+)
 from unet_fast.ops._validation import check_crop, check_same, check_tensor
 from unet_fast.reference.functional import center_crop
 
-BACKENDS = ("auto", "triton", "torch")
-TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _ALL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 try:
@@ -48,7 +59,7 @@ def _runs_triton(t: torch.Tensor) -> bool:
     """Whether the custom ops run Triton kernels for this tensor (else their ATen implementation)."""
     if _kernels is None or t.dtype not in TRITON_DTYPES:
         return False
-    return t.device.type == "cuda" or (t.device.type == "cpu" and _kernels.interpreting())
+    return t.device.type == "cuda" or (t.device.type == "cpu" and triton_interpreting())
 
 
 def conv3x3_relu(
@@ -78,51 +89,43 @@ def conv3x3_relu(
     Returns:
         y (N, C_out, H - 2, W - 2), or (y, pooled) with pooled (N, C_out, (H - 2)/2, (W - 2)/2) when
         pool=True; channels_last, x's dtype (the autocast dtype under torch.autocast). Differentiable
-        in x, skip, weight and bias. fp32 inputs use TF32 exactly when PyTorch's convolution would
-        (``conv_allows_tf32()``).
+        in x, skip, weight and bias; each gradient comes back in its input's dtype. fp32 inputs use
+        TF32 exactly when PyTorch's convolution would (``conv_allows_tf32()``).
+
+    Under torch.autocast x, skip and bias are cast to the autocast dtype (float64 stays as it is, as
+    autocast leaves it); the weight is cast inside the op, forward and backward, so that autograd
+    keeps the parameter itself rather than a cast copy.
+
+    Timing on first use (which Triton configuration, and for "auto" whether Triton or cuDNN, per
+    shape) can pick differently from run to run. ``UNET_FAST_AUTOTUNE=0`` in the environment turns
+    it off: the Triton kernels launch their first (default) configuration and "auto" runs Triton on
+    every CUDA shape, so results are reproducible.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_backend(backend)
     check_tensor("x", x, dim=4, dtypes=_ALL_DTYPES)
-    x, weight, bias, skip = _autocast(x, weight, bias, skip)
-    requested = backend
-    if backend == "auto":
-        backend = "triton" if x.device.type == "cuda" and _kernels is not None and x.dtype in TRITON_DTYPES else "torch"
-    _validate(x, weight, bias, skip, relu, pool, backend)
-    if backend == "torch":
-        return _torch_composite(x, weight, bias, skip, relu, pool)
-    if not _runs_triton(x):
-        raise ValueError(
-            "backend='triton' needs fp16/bf16/fp32 CUDA tensors (or CPU tensors with TRITON_INTERPRET=1 set "
-            f"before triton is imported); got {x.dtype} on {x.device}"
-            + ("" if _kernels is not None else " and Triton is not installed")
-        )
+    compute_dtype = autocast_dtype(x.device.type)
+    x, bias, skip = (autocast_cast(compute_dtype, t) for t in (x, bias, skip))
+    resolved = resolve_backend(backend, x.device, x.dtype)
+    _validate(x, weight, bias, skip, relu, pool, resolved, weight_cast=compute_dtype is not None)
+    if resolved == "torch":
+        return _torch_composite(x, weight.to(x.dtype), bias, skip, relu, pool)
     allow_tf32 = x.device.type == "cuda" and conv_allows_tf32()
-    tune = requested == "auto"  # auto on CUDA: per shape, the faster of Triton and cuDNN, measured once
+    tune = backend == "auto"  # auto on CUDA: per shape, the faster of Triton and cuDNN, measured once
     if pool:
         return torch.ops.unet_fast.conv3x3_relu_pool(x, weight, bias, skip, relu, allow_tf32, tune)
     return torch.ops.unet_fast.conv3x3_relu(x, weight, bias, skip, relu, allow_tf32, tune)
 
 
-def _autocast(x, weight, bias, skip):
-    """Under torch.autocast for x's device, every floating input is cast to the autocast dtype (a
-    differentiable cast: an fp32 weight still gets an fp32 gradient), as F.conv2d would do."""
-    if not torch.is_autocast_enabled(x.device.type):
-        return x, weight, bias, skip
-    dtype = torch.get_autocast_dtype(x.device.type)
-    return tuple(
-        t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in (x, weight, bias, skip)
-    )
-
-
-def _validate(x, weight, bias, skip, relu, pool, backend) -> None:
+def _validate(x, weight, bias, skip, relu, pool, backend, weight_cast=False) -> None:
+    """Checks every argument; ``weight_cast``: the op casts the weight to x's dtype (under autocast),
+    so its dtype may differ from x's."""
     for name, flag in (("relu", relu), ("pool", pool)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
     dtypes = _ALL_DTYPES if backend == "torch" else TRITON_DTYPES
     check_tensor("x", x, dim=4, dtypes=dtypes)
-    check_tensor("weight", weight, dim=4, dtypes=dtypes)
-    check_same("weight", weight, "x", x)
+    check_tensor("weight", weight, dim=4, dtypes=_ALL_DTYPES if weight_cast else dtypes)
+    check_same("weight", weight, "x", x, dtype=not weight_cast)
     in_channels = x.shape[1]
     if skip is not None:
         check_tensor("skip", skip, dim=4, dtypes=dtypes)
@@ -151,6 +154,8 @@ def _validate(x, weight, bias, skip, relu, pool, backend) -> None:
             f"pool=True needs an even output size for the 2x2 max-pool, but x {height}x{width} gives "
             f"{height - 2}x{width - 2}"
         )
+    if backend == "triton":
+        _kernels.check_index_range(x, skip, weight)
 
 
 def _torch_composite(x, weight, bias, skip, relu, pool):
@@ -194,15 +199,27 @@ def _time_ms(fn) -> float:
     return float(do_bench(fn, warmup=5, rep=25))
 
 
-def _pick_backend(key: tuple, run_triton, run_aten) -> str:
-    """The faster implementation for this key, timed on first use and remembered."""
+def _pick_backend(key: tuple, x: torch.Tensor, run_triton, run_aten) -> str:
+    """The faster implementation for this key, timed on x's device on first use and remembered;
+    always "triton" with UNET_FAST_AUTOTUNE=0 (the fixed, reproducible rule)."""
+    if not autotune_enabled():
+        return "triton"
     choice = _BACKEND_CHOICES.get(key)
     if choice is None:
         if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
             return "triton"  # no timing inside a CUDA graph capture; decide on an eager call
-        times = {"triton": _time_ms(run_triton), "aten": _time_ms(run_aten)}
+        with device_guard(x):
+            times = {"triton": _time_ms(run_triton), "aten": _time_ms(run_aten)}
         choice = _BACKEND_CHOICES[key] = min(times, key=times.get)
     return choice
+
+
+def _fits_triton(x, skip, weight) -> bool:
+    try:
+        _kernels.check_index_range(x, skip, weight)
+    except ValueError:
+        return False
+    return True
 
 
 def _shape_key(x, weight, bias, skip, relu, pool, allow_tf32) -> tuple:
@@ -217,16 +234,24 @@ def _aten_forward(x, weight, bias, skip, relu, pool):
     return result if pool else (result, None)
 
 
-def _forward(x, weight, bias, skip, relu, pool, allow_tf32, tune):
-    if not _runs_triton(x):
-        return _aten_forward(x, weight, bias, skip, relu, pool)
-    run_triton = lambda: _kernels.conv3x3_forward(x, weight, bias, skip, relu, pool, allow_tf32)  # noqa: E731
-    run_aten = lambda: _aten_forward(x, weight, bias, skip, relu, pool)  # noqa: E731
-    if tune:
-        key = ("forward", *_shape_key(x, weight, bias, skip, relu, pool, allow_tf32))
-        if _pick_backend(key, run_triton, run_aten) == "aten":
-            return run_aten()
-    return run_triton()
+def fused_forward(x, weight, bias, skip, relu, pool, allow_tf32, tune):
+    """(y, pooled or None) of the op, without validation or autograd: the Triton kernels where they run
+    (``_runs_triton``), else ATen ops. ``tune`` (backend "auto"): per shape, the faster of the two,
+    timed once, and ATen for tensors too large for the kernels' int32 indexing. The weight may have
+    another dtype than x (it is cast here); the rest have x's."""
+    weight = weight.to(x.dtype)
+    with autocast_disabled(x.device.type):
+        if not _runs_triton(x):
+            return _aten_forward(x, weight, bias, skip, relu, pool)
+        run_triton = lambda: _kernels.conv3x3_forward(x, weight, bias, skip, relu, pool, allow_tf32)  # noqa: E731
+        run_aten = lambda: _aten_forward(x, weight, bias, skip, relu, pool)  # noqa: E731
+        if tune:
+            if not _fits_triton(x, skip, weight):
+                return run_aten()
+            key = ("forward", *_shape_key(x, weight, bias, skip, relu, pool, allow_tf32))
+            if _pick_backend(key, x, run_triton, run_aten) == "aten":
+                return run_aten()
+        return run_triton()
 
 
 @torch.library.custom_op("unet_fast::conv3x3_relu", mutates_args=())
@@ -234,7 +259,7 @@ def _conv3x3_relu_op(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, skip: torch.Tensor | None,
     relu: bool, allow_tf32: bool, tune: bool,
 ) -> torch.Tensor:
-    return _forward(x, weight, bias, skip, relu, False, allow_tf32, tune)[0]
+    return fused_forward(x, weight, bias, skip, relu, False, allow_tf32, tune)[0]
 
 
 @torch.library.custom_op("unet_fast::conv3x3_relu_pool", mutates_args=())
@@ -242,7 +267,7 @@ def _conv3x3_relu_pool_op(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, skip: torch.Tensor | None,
     relu: bool, allow_tf32: bool, tune: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return _forward(x, weight, bias, skip, relu, True, allow_tf32, tune)
+    return fused_forward(x, weight, bias, skip, relu, True, allow_tf32, tune)
 
 
 @_conv3x3_relu_op.register_fake
@@ -297,37 +322,52 @@ def _conv3x3_relu_backward_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(grad_x, grad_skip, grad_weight, grad_bias) for needs_input_grad = (x, skip, weight, bias); a
     gradient not needed (or without its input) comes back as a (0,)-shaped tensor: custom ops cannot
-    return None."""
-    needs = tuple(needs_input_grad)
-    run_aten = lambda: _aten_backward(grad_y, grad_pooled if pool else None, x, skip, weight, y, relu, needs)  # noqa: E731
-    if _runs_triton(x):
-        run_triton = lambda: _kernels.conv3x3_backward(  # noqa: E731
-            grad_y, grad_pooled, x, skip, weight, y, relu, pool, needs, allow_tf32
-        )
-        key = ("backward", *_shape_key(x, weight, None, skip, relu, pool, allow_tf32), needs, grad_y is None)
-        use_aten = tune and _pick_backend(key, run_triton, run_aten) == "aten"
-        grads = run_aten() if use_aten else run_triton()
-    else:
-        grads = run_aten()
+    return None. grad_weight has the weight's dtype, the others x's."""
+    grads = fused_backward(grad_y, grad_pooled, x, skip, weight, y, relu, pool, allow_tf32, tune, needs_input_grad)
     return tuple(
-        x.new_empty((0,)) if grad is None or not needed else grad.to(x.dtype).contiguous(memory_format=layout)
-        for grad, needed, layout in zip(grads, needs, _GRAD_LAYOUTS)
+        x.new_empty((0,)) if grad is None else grad.to(like.dtype).contiguous(memory_format=layout)
+        for grad, like, layout in zip(grads, (x, x, weight, x), _GRAD_LAYOUTS)
     )
+
+
+def fused_backward(grad_y, grad_pooled, x, skip, weight, y, relu, pool, allow_tf32, tune, needs_input_grad):
+    """(grad_x, grad_skip, grad_weight, grad_bias) of ``fused_forward``, from x, skip and y, with the
+    same Triton/ATen choice; a gradient not in needs_input_grad (x, skip, weight, bias), or without
+    its input, is None. The weight is cast to x's dtype here; the gradients come in x's dtype (the
+    weight's in fp32 from Triton's reduction)."""
+    needs = tuple(bool(n) for n in needs_input_grad)
+    needs = (needs[0], needs[1] and skip is not None, needs[2], needs[3])
+    weight = weight.to(x.dtype)
+    with autocast_disabled(x.device.type):
+        run_aten = lambda: _aten_backward(grad_y, grad_pooled if pool else None, x, skip, weight, y, relu, needs)  # noqa: E731
+        if _runs_triton(x) and not (tune and not _fits_triton(x, skip, weight)):
+            run_triton = lambda: _kernels.conv3x3_backward(  # noqa: E731
+                grad_y, grad_pooled, x, skip, weight, y, relu, pool, needs, allow_tf32
+            )
+            key = ("backward", *_shape_key(x, weight, None, skip, relu, pool, allow_tf32), needs, grad_y is None)
+            use_aten = tune and _pick_backend(key, x, run_triton, run_aten) == "aten"
+            grads = run_aten() if use_aten else run_triton()
+        else:
+            grads = run_aten()
+    return tuple(grad if needed else None for grad, needed in zip(grads, needs))
 
 
 @_conv3x3_relu_backward_op.register_fake
 def _conv3x3_relu_backward_fake(grad_y, grad_pooled, x, skip, weight, y, relu, pool, allow_tf32, tune, needs_input_grad):
     return tuple(
         x.new_empty((0,)) if shape is None or not needed
-        else torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=layout)
-        for shape, needed, layout in zip(_grad_shapes(x, skip, weight), needs_input_grad, _GRAD_LAYOUTS)
+        else torch.empty(shape, dtype=like.dtype, device=x.device, memory_format=layout)
+        for shape, needed, like, layout in zip(
+            _grad_shapes(x, skip, weight), needs_input_grad, (x, x, weight, x), _GRAD_LAYOUTS
+        )
     )
 
 
 def _setup_context(ctx, inputs, output) -> None:
     x, weight, bias, skip, relu, allow_tf32, tune = inputs
     y = output[0] if isinstance(output, tuple) else output
-    # the weight is the caller's tensor (a parameter or its cast): saving it costs no memory
+    # the weight is the caller's tensor (the parameter itself even under autocast, since the op casts
+    # it inside): saving it costs no memory
     ctx.save_for_backward(x, skip, weight, y)
     ctx.relu, ctx.allow_tf32, ctx.tune = relu, allow_tf32, tune
 

@@ -7,6 +7,10 @@ in its epilogue, and the backward is two GEMMs; "torch" runs the PyTorch composi
 triton for CUDA tensors when Triton is installed. Both are ``torch.library`` custom ops with fake
 kernels and autograd formulas, so ``torch.compile(fullgraph=True)`` traces them without a break.
 Saved for backward: the input only (and the weight, which is the caller's tensor, not a copy).
+
+Under torch.autocast the public ops cast x, weight and bias to the autocast dtype first (float64 is
+left alone, as autocast does), as ``F.conv2d`` would: both backends and the fake kernels then agree
+on the output dtype, and each gradient comes back in its input's dtype.
 """
 from __future__ import annotations
 
@@ -15,19 +19,32 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from unet_fast.ops._backends import check_backend, dot_precision, output_memory_format, resolve_backend
+from unet_fast.ops._backends import (
+    autocast_cast,
+    autocast_disabled,
+    autocast_dtype,
+    check_backend,
+    dot_precision,
+    kernel_backend,
+    output_memory_format,
+    resolve_backend,
+)
 from unet_fast.ops._validation import FLOAT_DTYPES, check_same, check_tensor
 
 
-def _check_common(x, weight, bias, backend) -> str:
+def _check_common(x, weight, bias, backend):
+    """(x, weight, bias) cast as autocast would, and the resolved backend; errors name the argument."""
     check_backend(backend)
     check_tensor("x", x, dim=4, dtypes=FLOAT_DTYPES)
     check_tensor("weight", weight, dim=4, dtypes=FLOAT_DTYPES)
-    check_same("weight", weight, "x", x)
     if bias is not None:
         check_tensor("bias", bias, dim=1, dtypes=FLOAT_DTYPES)
+    compute_dtype = autocast_dtype(x.device.type)
+    x, weight, bias = (autocast_cast(compute_dtype, t) for t in (x, weight, bias))
+    check_same("weight", weight, "x", x)
+    if bias is not None:
         check_same("bias", bias, "x", x)
-    return resolve_backend(backend, x.device, x.dtype)
+    return x, weight, bias, resolve_backend(backend, x.device, x.dtype)
 
 
 def upconv2x2(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
@@ -40,9 +57,10 @@ def upconv2x2(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
         bias: (C_out,) or None.
         backend: "auto", "triton" or "torch".
     Returns:
-        (N, C_out, 2H, 2W); channels_last from Triton, x's layout from torch. Differentiable.
+        (N, C_out, 2H, 2W); channels_last from Triton, x's layout from torch; x's dtype (the autocast
+        dtype under torch.autocast). Differentiable.
     """
-    resolved = _check_common(x, weight, bias, backend)
+    x, weight, bias, resolved = _check_common(x, weight, bias, backend)
     if tuple(weight.shape[1:]) != (weight.shape[1], 2, 2) or weight.shape[0] != x.shape[1]:
         raise ValueError(f"weight must have shape (C_in={x.shape[1]}, C_out, 2, 2), got {tuple(weight.shape)}")
     if bias is not None and bias.shape[0] != weight.shape[1]:
@@ -60,9 +78,10 @@ def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
         bias: (C_out,) or None.
         backend: "auto", "triton" or "torch".
     Returns:
-        (N, C_out, H, W); channels_last from Triton, x's layout from torch. Differentiable.
+        (N, C_out, H, W); channels_last from Triton, x's layout from torch; x's dtype (the autocast
+        dtype under torch.autocast). Differentiable.
     """
-    resolved = _check_common(x, weight, bias, backend)
+    x, weight, bias, resolved = _check_common(x, weight, bias, backend)
     if tuple(weight.shape[1:]) != (x.shape[1], 1, 1):
         raise ValueError(f"weight must have shape (C_out, C_in={x.shape[1]}, 1, 1), got {tuple(weight.shape)}")
     if bias is not None and bias.shape[0] != weight.shape[0]:
@@ -73,24 +92,27 @@ def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
 # --- up-convolution ---------------------------------------------------------------------------------
 
 def upconv2x2_impl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, backend: str) -> torch.Tensor:
-    """The op's computation without validation or autograd (also used inside the model's blocks)."""
-    if backend == "triton":
+    """The op's computation without validation or autograd (also used inside the model's blocks), in
+    the inputs' dtype whatever autocast says; backend "auto" (the block ops') runs Triton."""
+    if kernel_backend(backend) == "triton":
         from unet_fast.triton.upconv2x2 import upconv2x2_forward
 
         return upconv2x2_forward(x, weight, bias, dot_precision(x.device, x.dtype))
-    y = F.conv_transpose2d(x, weight, bias, stride=2)
+    with autocast_disabled(x.device.type):
+        y = F.conv_transpose2d(x, weight, bias, stride=2)
     return y.contiguous(memory_format=output_memory_format(backend, x))
 
 
 def upconv2x2_backward_impl(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, backend: str):
     """(grad_x, grad_weight, grad_bias) of ``upconv2x2_impl``; grad_x in the op's output layout rule."""
-    if backend == "triton":
+    if kernel_backend(backend) == "triton":
         from unet_fast.triton.upconv2x2 import upconv2x2_backward
 
         return upconv2x2_backward(grad_y, x, weight, True, dot_precision(x.device, x.dtype))
-    grad_x, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-        grad_y, x, weight, [weight.shape[1]], [2, 2], [0, 0], [1, 1], True, [0, 0], 1, [True, True, True]
-    )
+    with autocast_disabled(x.device.type):
+        grad_x, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+            grad_y, x, weight, [weight.shape[1]], [2, 2], [0, 0], [1, 1], True, [0, 0], 1, [True, True, True]
+        )
     return grad_x.contiguous(memory_format=output_memory_format(backend, x)), grad_weight.contiguous(), grad_bias
 
 
@@ -122,23 +144,27 @@ def _upconv2x2_backward_fake(grad_y, x, weight, backend):
 # --- 1x1 convolution --------------------------------------------------------------------------------
 
 def conv1x1_impl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, backend: str) -> torch.Tensor:
-    """The op's computation without validation or autograd (also used by the model's head)."""
-    if backend == "triton":
+    """The op's computation without validation or autograd (also used by the model's head), in the
+    inputs' dtype whatever autocast says; backend "auto" (the block ops') runs Triton."""
+    if kernel_backend(backend) == "triton":
         from unet_fast.triton.conv1x1 import conv1x1_forward
 
         return conv1x1_forward(x, weight, bias, dot_precision(x.device, x.dtype))
-    return F.conv2d(x, weight, bias).contiguous(memory_format=output_memory_format(backend, x))
+    with autocast_disabled(x.device.type):
+        y = F.conv2d(x, weight, bias)
+    return y.contiguous(memory_format=output_memory_format(backend, x))
 
 
 def conv1x1_backward_impl(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, backend: str):
     """(grad_x, grad_weight, grad_bias) of ``conv1x1_impl``."""
-    if backend == "triton":
+    if kernel_backend(backend) == "triton":
         from unet_fast.triton.conv1x1 import conv1x1_backward
 
         return conv1x1_backward(grad_y, x, weight, True, dot_precision(x.device, x.dtype))
-    grad_x, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-        grad_y, x, weight, [weight.shape[0]], [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, True, True]
-    )
+    with autocast_disabled(x.device.type):
+        grad_x, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+            grad_y, x, weight, [weight.shape[0]], [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, True, True]
+        )
     return grad_x.contiguous(memory_format=output_memory_format(backend, x)), grad_weight.contiguous(), grad_bias
 
 

@@ -25,21 +25,16 @@ Public launchers (used by ``unet_fast.ops.conv3x3`` and by models writing their 
 from __future__ import annotations
 
 import inspect
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from unet_fast.ops._backends import autotune_enabled, device_guard, triton_interpreting
 from unet_fast.ops._validation import check_crop
 from unet_fast.triton.aot import KernelConfig, register
 
 _TORCH_TO_TRITON = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64"}
-
-
-def interpreting() -> bool:
-    """Whether Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 # --------------------------------------------------------------------------------------------
@@ -360,13 +355,31 @@ _TUNED = {
 _RAW = {"fwd": _conv3x3_fwd_kernel, "dgrad": _conv3x3_dgrad_kernel, "wgrad": _conv3x3_wgrad_kernel}
 
 
+def _is_wide(dtype: torch.dtype) -> bool:
+    return dtype != torch.float16 and dtype != torch.bfloat16
+
+
+def fixed_config(name: str, dtype: torch.dtype) -> dict | None:
+    """The launch configuration of kernel ``name`` ("fwd", "dgrad" or "wgrad") when it is not
+    autotuned: one interpreter tile under TRITON_INTERPRET=1 (no timing there), the first (default)
+    configuration of the tuned list when UNET_FAST_AUTOTUNE=0; None means autotune."""
+    if triton_interpreting():
+        return dict(_INTERPRETER_WGRAD if name == "wgrad" else _INTERPRETER_GEMM)
+    if autotune_enabled():
+        return None
+    gemm_tiles, wgrad_tiles = (_GEMM_TILES_32, _WGRAD_TILES_32) if _is_wide(dtype) else (_GEMM_TILES_16, _WGRAD_TILES_16)
+    tile = (wgrad_tiles if name == "wgrad" else gemm_tiles)[0]
+    names = _WGRAD_NAMES if name == "wgrad" else _GEMM_NAMES
+    return {**dict(zip(names, tile[:3])), "num_warps": tile[3], "num_stages": tile[4]}
+
+
 def _launch(name: str, dtype: torch.dtype, grid, *args, **constexprs) -> None:
-    """Runs a GEMM kernel: autotuned on a GPU, one fixed tile in the interpreter (no timing there)."""
-    if interpreting():
-        tile = _INTERPRETER_WGRAD if name == "wgrad" else _INTERPRETER_GEMM
-        _RAW[name][grid(tile)](*args, **constexprs, **tile)
+    """Runs a GEMM kernel: autotuned on a GPU, else with ``fixed_config``."""
+    config = fixed_config(name, dtype)
+    if config is None:
+        _TUNED[_is_wide(dtype)][name][grid](*args, **constexprs)
     else:
-        _TUNED[dtype != torch.float16 and dtype != torch.bfloat16][name][grid](*args, **constexprs)
+        _RAW[name][grid(config)](*args, **constexprs, **config)
 
 
 def _input_precision(dtype: torch.dtype, allow_tf32: bool) -> str:
@@ -390,6 +403,40 @@ def gemm_grid(rows: int, cols: int, block_m: int, block_n: int) -> tuple[int, in
     """Launch grid of the forward/dgrad GEMM: row (pixel) tiles on axis 0, whose limit is 2**31 - 1
     (axes 1 and 2 allow only 65,535 blocks), column (channel) tiles on axis 1."""
     return triton.cdiv(rows, block_m), triton.cdiv(cols, block_n)
+
+
+# The kernels compute pixel indices, and element offsets within one image, in int32 (the image
+# index is widened to int64 before it meets the batch stride): these bounds keep them exact.
+_INT32_MAX = 2**31 - 1
+_MAX_PIXELS = _INT32_MAX - 1024  # the last pixel tile's indices run up to a block past the end
+
+
+def check_index_range(x: torch.Tensor, skip: torch.Tensor | None, weight: torch.Tensor) -> None:
+    """ValueError unless the kernels' int32 indexing covers these tensors: at most 2**31 - 1 elements
+    per image in x, skip and y (and in the weight), fewer than 2**31 - 1024 pixels in x. Reads shapes
+    only (works on meta tensors)."""
+    batch, _, height, width = x.shape
+    c_out = weight.shape[0]
+    per_image = {
+        "x": x[0].numel() if batch else 0,
+        "output": c_out * max(height - 2, 0) * max(width - 2, 0),
+        "weight": weight.numel(),
+    }
+    if skip is not None:
+        per_image["skip"] = skip[0].numel() if batch else 0
+    for name, count in per_image.items():
+        if count > _INT32_MAX:
+            what = "elements" if name == "weight" else "elements per image"
+            raise ValueError(
+                f"{name} has {count} {what}; the Triton conv3x3 kernels index with int32 and take at most "
+                f"{_INT32_MAX}: split the batch or the image into tiles, or use backend='torch'"
+            )
+    pixels = batch * height * width
+    if pixels > _MAX_PIXELS:
+        raise ValueError(
+            f"x has {pixels} pixels (N*H*W); the Triton conv3x3 kernels index pixels with int32 and take at "
+            f"most {_MAX_PIXELS}: split the batch, or use backend='torch'"
+        )
 
 
 def crop_offset_of(skip: torch.Tensor | None, x: torch.Tensor) -> tuple[int, int]:
@@ -418,7 +465,15 @@ def conv3x3_forward(
     Returns:
         (y, pooled): y (N, C_out, H - 2, W - 2) channels_last; pooled (N, C_out, (H-2)/2, (W-2)/2)
         channels_last, or None without pool.
+    Raises:
+        ValueError: tensors too large for the kernels' int32 indexing (``check_index_range``).
     """
+    check_index_range(x, skip, weight)
+    with device_guard(x):
+        return _forward(x, weight, bias, skip, relu, pool, allow_tf32)
+
+
+def _forward(x, weight, bias, skip, relu, pool, allow_tf32):
     x = _nhwc(x)
     batch, c1, height, width = x.shape
     c_out = weight.shape[0]
@@ -500,11 +555,19 @@ def conv3x3_backward(
     Returns:
         (grad_x (N, C1, H, W), grad_skip (N, C0, Hs, Ws) zero outside the crop window,
         grad_weight (C_out, C_in, 3, 3), grad_bias (C_out,)), channels_last, each None when not needed.
+    Raises:
+        ValueError: neither gradient given, or tensors too large for int32 indexing (``check_index_range``).
     """
-    need_x, need_skip, need_weight, need_bias = needs_input_grad
-    need_skip = need_skip and skip is not None
     if grad_y is None and grad_pooled is None:
         raise ValueError("conv3x3_backward needs grad_y or grad_pooled")
+    check_index_range(x, skip, weight)
+    with device_guard(x):
+        return _backward(grad_y, grad_pooled, x, skip, weight, y, relu, pool, needs_input_grad, allow_tf32)
+
+
+def _backward(grad_y, grad_pooled, x, skip, weight, y, relu, pool, needs_input_grad, allow_tf32):
+    need_x, need_skip, need_weight, need_bias = needs_input_grad
+    need_skip = need_skip and skip is not None
     if not pool:
         grad_pooled = None
     x = _nhwc(x)

@@ -18,12 +18,11 @@ part. Accumulation is in fp32.
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import triton
 import triton.language as tl
 
+from unet_fast.ops._backends import device_guard
 from unet_fast.triton.aot import KernelConfig, register
 
 
@@ -134,8 +133,16 @@ NUM_STAGES = 3
 WGRAD_TARGET_PROGRAMS = 512
 
 
-def _device_guard(t: torch.Tensor):
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+# Pixel indices are int32 (addresses are int64): the last row tile runs up to a block past the end.
+MAX_PIXELS = 2**31 - 1 - 1024
+
+
+def _check_pixels(rows: int) -> None:
+    if rows > MAX_PIXELS:
+        raise ValueError(
+            f"{rows} pixels (N*H*W) exceed the {MAX_PIXELS} the per-pixel GEMM kernels index with int32: "
+            "split the batch, or use backend='torch'"
+        )
 
 
 def pixel_gemm(a: torch.Tensor, a_scale: int, b: torch.Tensor, out: torch.Tensor, out_scale: int,
@@ -148,9 +155,10 @@ def pixel_gemm(a: torch.Tensor, a_scale: int, b: torch.Tensor, out: torch.Tensor
     height, width = a.shape[2] // a_scale, a.shape[3] // a_scale
     rows = a.shape[0] * height * width
     depth, cols = a.shape[1] * a_scale**2, out.shape[1] * out_scale**2
+    _check_pixels(rows)
     tile = GEMM_TILES["large" if rows >= 8192 else "small"]
     grid = (triton.cdiv(rows, tile["BLOCK_M"]), triton.cdiv(cols, tile["BLOCK_Q"]))
-    with _device_guard(a):
+    with device_guard(a):
         pixel_gemm_kernel[grid](
             a, b, out if bias is None else bias, out,
             rows, height, width, depth, cols,
@@ -167,6 +175,7 @@ def pixel_gemm_wgrad(a: torch.Tensor, a_scale: int, g: torch.Tensor, g_scale: in
     whose partial sums are added afterwards, in a fixed order (deterministic)."""
     height, width = a.shape[2] // a_scale, a.shape[3] // a_scale
     rows = a.shape[0] * height * width
+    _check_pixels(rows)
     out_rows, out_cols = a.shape[1] * a_scale**2, g.shape[1] * g_scale**2
     tiles = triton.cdiv(out_rows, WGRAD_TILE["BLOCK_R"]) * triton.cdiv(out_cols, WGRAD_TILE["BLOCK_Q"])
     splits = max(1, min(triton.cdiv(rows, 4 * WGRAD_TILE["BLOCK_M"]), triton.cdiv(WGRAD_TARGET_PROGRAMS, tiles)))
@@ -174,7 +183,7 @@ def pixel_gemm_wgrad(a: torch.Tensor, a_scale: int, g: torch.Tensor, g_scale: in
     splits = triton.cdiv(rows, rows_per_split)
     partial = torch.empty((splits, out_rows, out_cols), device=a.device, dtype=torch.float32)
     grid = (triton.cdiv(out_rows, WGRAD_TILE["BLOCK_R"]), triton.cdiv(out_cols, WGRAD_TILE["BLOCK_Q"]), splits)
-    with _device_guard(a):
+    with device_guard(a):
         pixel_gemm_wgrad_kernel[grid](
             a, g, partial, rows, height, width, out_rows, out_cols, rows_per_split,
             a.shape[1], *a.stride(), g.shape[1], *g.stride(),
