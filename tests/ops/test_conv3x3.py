@@ -334,23 +334,6 @@ def test_aot_compiles_representative_configs():
 # ------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def pinned_conv_precision():
-    """Pins PyTorch's cuDNN conv to IEEE fp32 for the test (so the fused op uses no TF32 either)."""
-    cudnn = torch.backends.cudnn
-    new_api = hasattr(getattr(cudnn, "conv", None), "fp32_precision")
-    saved = cudnn.conv.fp32_precision if new_api else cudnn.allow_tf32
-    if new_api:
-        cudnn.conv.fp32_precision = "ieee"
-    else:
-        cudnn.allow_tf32 = False
-    yield
-    if new_api:
-        cudnn.conv.fp32_precision = saved
-    else:
-        cudnn.allow_tf32 = saved
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize(

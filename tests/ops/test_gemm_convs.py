@@ -141,7 +141,7 @@ def test_bad_inputs_raise_clear_errors(op_name):
 @pytest.mark.gpu
 @pytest.mark.parametrize("op_name", list(OPS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_cuda_matches_cpu_reference(op_name, dtype):
+def test_cuda_matches_cpu_reference(pinned_conv_precision, op_name, dtype):
     torch.manual_seed(5)
     x, weight, bias = _inputs(op_name, 4, 64, 32, 28, 28, dtype, "cuda", channels_last=True)
     exact = _forward_and_grads(lambda *a: _reference(op_name, *a), *(t.double().cpu() for t in (x, weight, bias)))
@@ -152,3 +152,25 @@ def test_cuda_matches_cpu_reference(op_name, dtype):
         own_error = (torch_result.double().cpu() - want).abs().max().item()
         # Within twice PyTorch's own error in this dtype (TF32 or not, as PyTorch chose), plus an ulp floor.
         assert (got.double().cpu() - want).abs().max().item() <= 2 * own_error + scale * 2**-10
+
+
+@pytest.mark.parametrize("op_name", list(OPS))
+def test_cpu_autocast_real_and_fake_agree_on_dtype(op_name):
+    # under autocast the public op casts its inputs first, so the composite (which autocast would
+    # otherwise turn to bf16 inside) and the fake kernel (which keeps the input dtype) agree
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    torch.manual_seed(6)
+    x, weight, bias = (t.requires_grad_() for t in _inputs(op_name, 2, 5, 3, 4, 6, torch.float32, "cpu"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        real = OPS[op_name](x, weight, bias, backend="torch")
+        eager = _reference(op_name, x, weight, bias)
+        with FakeTensorMode() as mode:
+            fake = OPS[op_name](*(mode.from_tensor(t) for t in (x, weight, bias)), backend="torch")
+        # the custom op itself computes in its inputs' dtype, as its fake kernel says
+        direct = getattr(torch.ops.unet_fast, op_name)(x, weight, bias, "torch")
+    assert real.dtype == fake.dtype == eager.dtype == torch.bfloat16
+    assert direct.dtype == torch.float32
+    torch.testing.assert_close(real, eager, rtol=0, atol=0)  # the same bf16 computation as autocast's
+    grads = torch.autograd.grad(real.float().sum(), (x, weight, bias))
+    assert all(g.dtype == torch.float32 for g in grads)  # each gradient in its parameter's dtype

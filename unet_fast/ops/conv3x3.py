@@ -109,6 +109,8 @@ def conv3x3_relu(
     _validate(x, weight, bias, skip, relu, pool, resolved, weight_cast=compute_dtype is not None)
     if resolved == "torch":
         return _torch_composite(x, weight.to(x.dtype), bias, skip, relu, pool)
+    if backend == "triton":  # "auto" falls back to cuDNN for tensors the kernels cannot index
+        _kernels.check_index_range(x, skip, weight)
     allow_tf32 = x.device.type == "cuda" and conv_allows_tf32()
     tune = backend == "auto"  # auto on CUDA: per shape, the faster of Triton and cuDNN, measured once
     if pool:
@@ -154,8 +156,6 @@ def _validate(x, weight, bias, skip, relu, pool, backend, weight_cast=False) -> 
             f"pool=True needs an even output size for the 2x2 max-pool, but x {height}x{width} gives "
             f"{height - 2}x{width - 2}"
         )
-    if backend == "triton":
-        _kernels.check_index_range(x, skip, weight)
 
 
 def _torch_composite(x, weight, bias, skip, relu, pool):

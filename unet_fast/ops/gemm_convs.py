@@ -44,7 +44,17 @@ def _check_common(x, weight, bias, backend):
     check_same("weight", weight, "x", x)
     if bias is not None:
         check_same("bias", bias, "x", x)
-    return x, weight, bias, resolve_backend(backend, x.device, x.dtype)
+    resolved = resolve_backend(backend, x.device, x.dtype)
+    if resolved == "triton":
+        from unet_fast.triton.pixel_gemm import check_pixels
+
+        try:
+            check_pixels(x.shape[0] * x.shape[2] * x.shape[3])
+        except ValueError:
+            if backend == "triton":
+                raise
+            resolved = "torch"  # "auto": PyTorch for what the kernels cannot index
+    return x, weight, bias, resolved
 
 
 def upconv2x2(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,

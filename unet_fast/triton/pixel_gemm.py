@@ -137,7 +137,8 @@ WGRAD_TARGET_PROGRAMS = 512
 MAX_PIXELS = 2**31 - 1 - 1024
 
 
-def _check_pixels(rows: int) -> None:
+def check_pixels(rows: int) -> None:
+    """ValueError when ``rows`` pixels (N*H*W of the low-resolution grid) exceed the kernels' int32 indexing."""
     if rows > MAX_PIXELS:
         raise ValueError(
             f"{rows} pixels (N*H*W) exceed the {MAX_PIXELS} the per-pixel GEMM kernels index with int32: "
@@ -155,7 +156,7 @@ def pixel_gemm(a: torch.Tensor, a_scale: int, b: torch.Tensor, out: torch.Tensor
     height, width = a.shape[2] // a_scale, a.shape[3] // a_scale
     rows = a.shape[0] * height * width
     depth, cols = a.shape[1] * a_scale**2, out.shape[1] * out_scale**2
-    _check_pixels(rows)
+    check_pixels(rows)
     tile = GEMM_TILES["large" if rows >= 8192 else "small"]
     grid = (triton.cdiv(rows, tile["BLOCK_M"]), triton.cdiv(cols, tile["BLOCK_Q"]))
     with device_guard(a):
@@ -175,7 +176,7 @@ def pixel_gemm_wgrad(a: torch.Tensor, a_scale: int, g: torch.Tensor, g_scale: in
     whose partial sums are added afterwards, in a fixed order (deterministic)."""
     height, width = a.shape[2] // a_scale, a.shape[3] // a_scale
     rows = a.shape[0] * height * width
-    _check_pixels(rows)
+    check_pixels(rows)
     out_rows, out_cols = a.shape[1] * a_scale**2, g.shape[1] * g_scale**2
     tiles = triton.cdiv(out_rows, WGRAD_TILE["BLOCK_R"]) * triton.cdiv(out_cols, WGRAD_TILE["BLOCK_Q"])
     splits = max(1, min(triton.cdiv(rows, 4 * WGRAD_TILE["BLOCK_M"]), triton.cdiv(WGRAD_TARGET_PROGRAMS, tiles)))

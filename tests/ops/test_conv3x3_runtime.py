@@ -1,0 +1,272 @@
+"""The runtime rules around the fused 3x3 conv: one backend resolver, autocast, meta tensors, the CUDA
+device guard, the int32 index-range guard, the autotuning opt-out, the weight gradient's split
+reduction, the fp32 precision pin, and the model blocks' use of the op's per-shape choice.
+
+Triton runs in its interpreter without a GPU (tests/conftest.py sets TRITON_INTERPRET=1)."""
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.ops.conftest import ieee_fp32_convolutions
+from tests.ops.test_conv3x3 import _call, _grads, make_inputs, plain_reference, run
+from unet_fast.ops import conv1x1, conv3x3_relu, upconv2x2
+from unet_fast.ops import conv3x3 as conv_module
+from unet_fast.ops._backends import AUTOTUNE_ENV, block_backend, resolve_backend
+from unet_fast.ops.conv3x3 import conv_allows_tf32
+from unet_fast.triton import conv3x3 as conv_kernels
+
+
+@pytest.fixture
+def fresh_choices(monkeypatch):
+    """An empty record of backend="auto" picks, and a timer that must not run unless a test installs one."""
+    monkeypatch.setattr(conv_module, "_BACKEND_CHOICES", {})
+
+    def no_timing(fn):
+        raise AssertionError("timed a backend although no timing was expected")
+
+    monkeypatch.setattr(conv_module, "_time_ms", no_timing)
+    monkeypatch.delenv(AUTOTUNE_ENV, raising=False)
+
+
+def _aten_faster(monkeypatch):
+    timings = itertools.cycle([2.0, 1.0])  # triton is timed first, then aten
+    monkeypatch.setattr(conv_module, "_time_ms", lambda fn: (fn(), next(timings))[1])
+
+
+# --- one resolver ---------------------------------------------------------------------------------
+
+
+def test_every_op_refuses_triton_on_cpu_with_the_resolvers_message(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    x = torch.randn(1, 2, 5, 5)
+    expected = resolve_error = None
+    try:
+        resolve_backend("triton", x.device, x.dtype)
+    except ValueError as error:
+        resolve_error = str(error)
+    assert resolve_error and "TRITON_INTERPRET=1" in resolve_error
+    calls = {
+        "conv3x3_relu": lambda: conv3x3_relu(x, torch.randn(3, 2, 3, 3), backend="triton"),
+        "conv1x1": lambda: conv1x1(x, torch.randn(3, 2, 1, 1), backend="triton"),
+        "upconv2x2": lambda: upconv2x2(x, torch.randn(2, 3, 2, 2), backend="triton"),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError) as caught:
+            call()
+        expected = resolve_error
+        assert str(caught.value) == expected, name
+    # the launchers' interpreter switch is the same function: no interpreter, so no fixed tile
+    monkeypatch.setenv(AUTOTUNE_ENV, "1")
+    assert conv_kernels.fixed_config("fwd", torch.float32) is None
+
+
+def test_block_backend_keeps_auto_only_where_triton_runs():
+    assert block_backend("auto", torch.device("cuda"), torch.float16) == "auto"
+    assert block_backend("triton", torch.device("cuda"), torch.float16) == "triton"
+    assert block_backend("auto", torch.device("cuda"), torch.float64) == "torch"
+    assert block_backend("auto", torch.device("cpu"), torch.float32) == "torch"
+    assert block_backend("torch", torch.device("cuda"), torch.float16) == "torch"
+
+
+# --- autocast and meta tensors -----------------------------------------------------------------------
+
+
+def test_autocast_leaves_float64_alone_like_torch():
+    inputs = make_inputs(1, 2, 3, 4, 6, 6, (2, 2), True, torch.float64, "cpu")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = conv3x3_relu(**_call(inputs), backend="torch")
+        eager = F.conv2d(inputs["x"][:, :, :, :], inputs["weight"][:, 2:])
+    assert eager.dtype == torch.float64  # autocast's own rule
+    assert out.dtype == torch.float64
+    ref = plain_reference(inputs["x"], inputs["weight"], inputs["bias"], inputs["skip"], True, False)[0]
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+def test_autocast_saves_the_parameter_not_a_cast_copy(triton_device):
+    inputs = make_inputs(2, 2, 3, 4, 6, 6, (2, 2), True, torch.float32, triton_device)
+    weight = inputs["weight"]
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autocast(triton_device, dtype=torch.float16):
+            y = conv3x3_relu(**_call(inputs), backend="triton")
+    assert y.dtype == torch.float16
+    weight_shaped = [t for t in saved if t.shape == weight.shape]
+    # the op saves the fp32 parameter itself (shared storage), no fp16 copy of it
+    assert weight_shaped and all(t.dtype == torch.float32 and t.data_ptr() == weight.data_ptr() for t in weight_shaped)
+    grads = _grads((y,), inputs)
+    assert grads["weight"].dtype == torch.float32 and grads["bias"].dtype == torch.float32
+    half = {k: t.detach().half().requires_grad_() for k, t in inputs.items()}
+    ref = _grads((conv3x3_relu(**_call(half), backend="triton"),), half)
+    for name in grads:  # the same fp16 computation, the weight's gradient only rounded once more
+        torch.testing.assert_close(grads[name], ref[name].float(), atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_meta_tensors_give_shapes_dtypes_and_layout(backend):
+    x = torch.empty(2, 3, 10, 12, device="meta", dtype=torch.float16)
+    skip = torch.empty(2, 2, 14, 16, device="meta", dtype=torch.float16)
+    weight = torch.empty(7, 5, 3, 3, device="meta", dtype=torch.float16)
+    y, pooled = conv3x3_relu(x, weight, torch.empty(7, device="meta", dtype=torch.float16), skip=skip, pool=True,
+                             backend=backend)
+    assert y.shape == (2, 7, 8, 10) and pooled.shape == (2, 7, 4, 5)
+    assert y.dtype == pooled.dtype == torch.float16 and y.device.type == "meta"
+    assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+# --- CUDA device guard ---------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+def test_tensors_on_a_second_gpu_while_the_first_is_current():
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA devices")
+    torch.cuda.set_device(0)
+    with ieee_fp32_convolutions():
+        inputs = make_inputs(2, 16, 16, 32, 20, 20, (4, 4), True, torch.float32, "cuda:1")
+        for backend in ("triton", "auto"):
+            out, grads = run(inputs, True, True, backend)
+            ref_out, ref_grads = run(inputs, True, True, "torch")
+            for o, r in zip(out, ref_out):
+                assert o.device == torch.device("cuda:1")
+                torch.testing.assert_close(o, r, atol=1e-4, rtol=1e-4)
+            for name in grads:
+                torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-3, rtol=1e-3)
+        x = torch.randn(2, 8, 6, 6, device="cuda:1", requires_grad=True)
+        for op, weight in ((conv1x1, torch.randn(4, 8, 1, 1, device="cuda:1")),
+                           (upconv2x2, torch.randn(8, 4, 2, 2, device="cuda:1"))):
+            ref = F.conv2d(x, weight) if op is conv1x1 else F.conv_transpose2d(x, weight, stride=2)
+            torch.testing.assert_close(op(x, weight, backend="triton"), ref, atol=1e-4, rtol=1e-4)
+    assert torch.cuda.current_device() == 0
+
+
+# --- int32 index range -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "x_shape,skip_shape,weight_shape,match",
+    [
+        ((1, 64, 6000, 6000), None, (8, 64, 3, 3), "x has 2304000000 elements per image"),
+        ((1, 8, 6000, 6000), (1, 64, 6004, 6004), (8, 72, 3, 3), "skip has .* elements per image"),
+        ((1, 1, 6002, 6002), None, (64, 1, 3, 3), "output has .* elements per image"),
+        ((600, 1, 2000, 2000), None, (8, 1, 3, 3), "x has 2400000000 pixels"),
+        ((1, 1, 8, 8), None, (20000, 12000, 3, 3), "weight has 2160000000 elements"),
+    ],
+)
+def test_index_range_guard_on_meta_tensors(x_shape, skip_shape, weight_shape, match):
+    meta = lambda shape: None if shape is None else torch.empty(shape, device="meta")  # noqa: E731
+    with pytest.raises(ValueError, match=match):
+        conv_kernels.check_index_range(meta(x_shape), meta(skip_shape), meta(weight_shape))
+    conv_kernels.check_index_range(meta((4, 64, 572, 572)), meta((4, 64, 580, 580)), meta((64, 128, 3, 3)))
+
+
+def test_triton_backend_refuses_too_large_input_before_launch(triton_device):
+    # an expanded view: 2.3e9 elements per image without allocating them
+    x = torch.zeros(1, 1, 1, 1, device=triton_device).expand(1, 64, 6000, 6000)
+    with pytest.raises(ValueError, match="elements per image"):
+        conv3x3_relu(x, torch.zeros(4, 64, 3, 3, device=triton_device), backend="triton")
+    pixels = torch.zeros(1, 1, 1, 1, device=triton_device).expand(700, 1, 2000, 2000)
+    with pytest.raises(ValueError, match="pixels"):
+        conv1x1(pixels, torch.zeros(2, 1, 1, 1, device=triton_device), backend="triton")
+
+
+# --- autotuning opt-out ------------------------------------------------------------------------------------
+
+
+def test_autotune_opt_out_fixes_the_kernel_configuration(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setenv(AUTOTUNE_ENV, "0")
+    first_fwd = conv_kernels._GEMM_TILES_16[0]
+    assert conv_kernels.fixed_config("fwd", torch.bfloat16) == {
+        "BLOCK_M": first_fwd[0], "BLOCK_N": first_fwd[1], "BLOCK_K": first_fwd[2],
+        "num_warps": first_fwd[3], "num_stages": first_fwd[4],
+    }
+    first_wgrad = conv_kernels._WGRAD_TILES_32[0]
+    assert conv_kernels.fixed_config("wgrad", torch.float32)["BLOCK_CI"] == first_wgrad[0]
+    monkeypatch.setenv(AUTOTUNE_ENV, "1")
+    assert conv_kernels.fixed_config("fwd", torch.bfloat16) is None  # autotuned
+
+
+def test_autotune_opt_out_makes_auto_run_triton_without_timing(triton_device, fresh_choices, monkeypatch):
+    monkeypatch.setenv(AUTOTUNE_ENV, "0")
+    inputs = make_inputs(2, 2, 3, 4, 6, 6, (2, 2), True, torch.float32, triton_device)
+    ops_args = (inputs["x"], inputs["weight"], inputs["bias"], inputs["skip"], True, False, True)  # tune=True
+    y, pooled = torch.ops.unet_fast.conv3x3_relu_pool(*ops_args)  # the fresh_choices timer would raise
+    grads = _grads((y, pooled), inputs)
+    ref_out, ref_grads = run(inputs, True, True, "torch")
+    torch.testing.assert_close((y, pooled), ref_out, atol=1e-5, rtol=1e-5)
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-4, rtol=1e-4)
+    assert conv_module.chosen_backends() == {}
+
+
+# --- weight gradient: split reduction ----------------------------------------------------------------------
+
+
+def test_weight_gradient_split_reduction_matches_autograd(triton_device, monkeypatch):
+    # M = 2 * 24 * 24 = 1152 output pixels > 1024 splits the weight-gradient reduction in two; the
+    # crop offset and both channel sources go through the split as well
+    splits = []
+    wgrad_splits = conv_kernels._wgrad_splits
+    monkeypatch.setattr(conv_kernels, "_wgrad_splits", lambda *a: splits.append(wgrad_splits(*a)) or splits[-1])
+    inputs = make_inputs(2, 3, 2, 5, 26, 26, (2, 2), True, torch.float32, triton_device)
+    out, grads = run(inputs, True, True, "triton")
+    assert splits and min(splits) > 1
+    reference = {k: None if t is None else t.detach().clone().requires_grad_() for k, t in inputs.items()}
+    ref_out = plain_reference(reference["x"], reference["weight"], reference["bias"], reference["skip"], True, True)
+    ref_grads = _grads(ref_out, reference)
+    # fp32 sums over 1152 pixels of unit-scale products in another order: ~1e-5 relative
+    for name in ("weight", "bias"):
+        torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-4, rtol=1e-4)
+
+
+# --- fp32 precision pin -------------------------------------------------------------------------------------
+
+
+def test_precision_pin_is_consistent_for_legacy_and_new_readers():
+    cudnn = torch.backends.cudnn
+    before = (cudnn.allow_tf32, conv_allows_tf32())
+    with ieee_fp32_convolutions():
+        assert conv_allows_tf32() is False
+        assert cudnn.allow_tf32 is False  # the legacy getter inductor's conv lowering reads: no mixed-API error
+        compiled = torch.compile(lambda x, w: F.relu(F.conv2d(x, w)))  # inductor
+        x, w = torch.randn(1, 3, 8, 8), torch.randn(4, 3, 3, 3)
+        torch.testing.assert_close(compiled(x, w), F.relu(F.conv2d(x, w)))
+    assert (cudnn.allow_tf32, conv_allows_tf32()) == before
+
+
+# --- model blocks share the op's per-shape choice -------------------------------------------------------------
+
+
+def _encoder_block(backend, source, w1, b1, w2, b2):
+    y1, y2, pooled = torch.ops.unet_fast._encoder_block(source, None, w1, b1, w2, b2, True, False, backend)
+    return y1, y2, pooled
+
+
+def test_block_auto_uses_the_ops_backend_choice(triton_device, fresh_choices, monkeypatch):
+    generator = torch.Generator().manual_seed(3)
+    leaves = [
+        torch.randn(shape, generator=generator).to(triton_device).requires_grad_()
+        for shape in ((2, 3, 12, 12), (4, 3, 3, 3), (4,), (5, 4, 3, 3), (5,))
+    ]
+    ref = _encoder_block("torch", *leaves)
+    ref_grads = torch.autograd.grad(sum(o.sum() for o in ref), leaves)
+    _encoder_block("triton", *leaves)  # "triton" never times (the fresh_choices timer would raise)
+    assert conv_module.chosen_backends() == {}
+    _aten_faster(monkeypatch)
+    out = _encoder_block("auto", *leaves)
+    grads = torch.autograd.grad(sum(o.sum() for o in out), leaves)
+    picks = conv_module.chosen_backends()
+    assert sorted(key[0] for key in picks) == ["backward", "backward", "forward", "forward"]
+    assert set(picks.values()) == {"aten"}
+    for o, r in zip(out, ref):
+        assert o.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(o, r, atol=1e-5, rtol=1e-5)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-4, rtol=1e-4)
