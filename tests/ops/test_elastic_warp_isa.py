@@ -23,6 +23,8 @@ for inputs in torch.load(sys.argv[1]):
         for padding in ("zeros", "border", "reflection"):
             outputs += elastic_warp(inputs["image"], inputs["dense"], label=inputs["label"], weight=inputs["weight"],
                                     interpolation=interpolation, padding_mode=padding)
+            outputs += elastic_warp(inputs["image"], inputs["dense"], label=inputs["label"].long(),
+                                    interpolation=interpolation, padding_mode=padding)[1:2]
             height, width = inputs["image"].shape[-2:]
             outputs += elastic_warp(inputs["image"].abs().to(memory_format=torch.channels_last), inputs["coarse"],
                                     label=inputs["label"], affine=inputs["affine"], intensity=inputs["intensity"],

@@ -169,13 +169,68 @@ UF_WARP_INLINE void sample_row_bilinear(const T* plane, int64_t stride_h, int64_
   }
 }
 
-// Nearest copy of an integer plane along a row, from per-pixel row and column indices.
+#if UF_ELASTIC_AVX2
+// copy_row_nearest of 1-byte or 8-byte elements with AVX2 gathers; returns how many leading
+// pixels it did. Offsets are those of copy_row_nearest, in [0, largest_offset] (which fits in
+// int32; the caller checks). A byte is gathered as the 4-byte word ending at it (starting at
+// offset 0 for the first three bytes), so that no load reaches past the plane's last element.
 template <typename L>
-UF_WARP_INLINE void copy_row_nearest(const void* plane, int64_t stride_h, int64_t stride_w, const int32_t* ny,
-                      const int32_t* nx, int64_t count, void* out) {
+UF_TARGET_AVX2 int64_t copy_row_nearest_avx2(const L* source, int32_t stride_h, int32_t stride_w,
+                                             int32_t largest_offset, const int32_t* ny, const int32_t* nx,
+                                             int64_t count, L* target) {
+  static_assert(sizeof(L) == 1 || sizeof(L) == 8, "1-byte or 8-byte labels");
+  const __m256i row_stride = _mm256_set1_epi32(stride_h), column_stride = _mm256_set1_epi32(stride_w);
+  int64_t j = 0;
+  if constexpr (sizeof(L) == 1) {
+    if (largest_offset < 3) return 0;  // planes of fewer than 4 bytes: no word fits
+    const __m256i three = _mm256_set1_epi32(3), zero = _mm256_setzero_si256();
+    // Byte 0 of every 32-bit lane to the front of its 128-bit half.
+    const __m256i low_bytes = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                               0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+    for (; j + 8 <= count; j += 8) {
+      const __m256i offset = _mm256_add_epi32(
+          _mm256_mullo_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ny + j)), row_stride),
+          _mm256_mullo_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(nx + j)), column_stride));
+      const __m256i start = _mm256_max_epi32(_mm256_sub_epi32(offset, three), zero);
+      const __m256i words = _mm256_i32gather_epi32(reinterpret_cast<const int*>(source), start, 1);
+      const __m256i shift = _mm256_slli_epi32(_mm256_sub_epi32(offset, start), 3);
+      const __m256i bytes = _mm256_shuffle_epi8(_mm256_srlv_epi32(words, shift), low_bytes);
+      const uint32_t low = uint32_t(_mm256_cvtsi256_si32(bytes));
+      const uint32_t high = uint32_t(_mm_cvtsi128_si32(_mm256_extracti128_si256(bytes, 1)));
+      const uint64_t eight = uint64_t(low) | (uint64_t(high) << 32);
+      __builtin_memcpy(target + j, &eight, 8);
+    }
+  } else {
+    for (; j + 4 <= count; j += 4) {
+      const __m128i offset = _mm_add_epi32(
+          _mm_mullo_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ny + j)), _mm256_castsi256_si128(row_stride)),
+          _mm_mullo_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(nx + j)),
+                          _mm256_castsi256_si128(column_stride)));
+      const __m256i values = _mm256_i32gather_epi64(reinterpret_cast<const long long*>(source), offset, 8);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(target + j), values);
+    }
+  }
+  return j;
+}
+#endif
+
+// Nearest copy of an integer plane of height x width elements along a row, from per-pixel row
+// and column indices (inside the plane).
+template <typename L, bool kAvx2>
+UF_WARP_INLINE void copy_row_nearest(const void* plane, int64_t stride_h, int64_t stride_w, int64_t height,
+                                     int64_t width, const int32_t* ny, const int32_t* nx, int64_t count, void* out) {
   const L* source = static_cast<const L*>(plane);
   L* target = static_cast<L*>(out);
-  for (int64_t j = 0; j < count; ++j) target[j] = source[ny[j] * stride_h + nx[j] * stride_w];
+  int64_t j = 0;
+#if UF_ELASTIC_AVX2
+  if constexpr (kAvx2 && (sizeof(L) == 1 || sizeof(L) == 8)) {
+    const int64_t largest_offset = (height - 1) * stride_h + (width - 1) * stride_w;
+    if (stride_h >= 0 && stride_w >= 0 && largest_offset <= std::numeric_limits<int32_t>::max())
+      j = copy_row_nearest_avx2<L>(source, int32_t(stride_h), int32_t(stride_w), int32_t(largest_offset), ny, nx,
+                                   count, target);
+  }
+#endif
+  for (; j < count; ++j) target[j] = source[ny[j] * stride_h + nx[j] * stride_w];
 }
 
 // Per-thread row buffers of the CPU kernel.
@@ -246,11 +301,12 @@ UF_WARP_INLINE void warp_row_bilinear(const WarpPointers<acc_t>& p, const WarpGe
         iy[j] = round_padded(iy[j], wy1[j]);
         ix[j] = round_padded(ix[j], wx1[j]);
       }
+      const int64_t sh = g.label.h, sw = g.label.w;
       switch (g.label_bytes) {
-        case 1: copy_row_nearest<uint8_t>(label, g.label.h, g.label.w, iy, ix, count, label_out); break;
-        case 2: copy_row_nearest<uint16_t>(label, g.label.h, g.label.w, iy, ix, count, label_out); break;
-        case 4: copy_row_nearest<uint32_t>(label, g.label.h, g.label.w, iy, ix, count, label_out); break;
-        default: copy_row_nearest<uint64_t>(label, g.label.h, g.label.w, iy, ix, count, label_out); break;
+        case 1: copy_row_nearest<uint8_t, kAvx2>(label, sh, sw, g.height, g.width, iy, ix, count, label_out); break;
+        case 2: copy_row_nearest<uint16_t, kAvx2>(label, sh, sw, g.height, g.width, iy, ix, count, label_out); break;
+        case 4: copy_row_nearest<uint32_t, kAvx2>(label, sh, sw, g.height, g.width, iy, ix, count, label_out); break;
+        default: copy_row_nearest<uint64_t, kAvx2>(label, sh, sw, g.height, g.width, iy, ix, count, label_out); break;
       }
     } else {  // taps outside read 0: per pixel, as warp_pixel does
       for (int64_t j = 0; j < count; ++j) {
