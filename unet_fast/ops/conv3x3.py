@@ -76,7 +76,8 @@ def conv3x3_relu(
 
     Args:
         x: (N, C1, H, W) with H, W >= 3; fp16, bf16 or fp32 (fp64 too with backend="torch").
-        weight: (C_out, C0 + C1, 3, 3), skip's C0 input channels first; same dtype and device as x.
+        weight: (C_out, C0 + C1, 3, 3), skip's C0 input channels first; same dtype and device as x
+            (under torch.autocast any float dtype: the op casts it).
         bias: (C_out,) or None.
         skip: (N, C0, Hs, Ws) or None, center-cropped to (H, W): Hs - H and Ws - W even and >= 0.
         relu: apply the ReLU (False: conv + bias only).
