@@ -404,11 +404,19 @@ UF_WARP_INLINE void warp_rows(const WarpPointers<acc_t>& pointers, const WarpGeo
       }
     }
     // 2. Where every pixel samples the input.
-    const acc_t* affine = p.affine ? p.affine + 6 * n : nullptr;
     const acc_t row_coordinate = acc_t(i + g.offset_y);
     const acc_t* xs = tables.column_coordinates.data();
-    for (int64_t j = 0; j < out_width; ++j)
-      source_point(row_coordinate, xs[j], dy[j], dx[j], affine, g.height, g.width, sy[j], sx[j]);
+    if (p.affine != nullptr) {
+      // A local copy: through p.affine, which could alias sy and sx, the loop would not vectorize.
+      acc_t affine[6];
+      std::copy(p.affine + 6 * n, p.affine + 6 * n + 6, affine);
+      for (int64_t j = 0; j < out_width; ++j)
+        source_point(row_coordinate, xs[j], dy[j], dx[j], affine, g.height, g.width, sy[j], sx[j]);
+    } else {
+      for (int64_t j = 0; j < out_width; ++j)
+        source_point(row_coordinate, xs[j], dy[j], dx[j], static_cast<const acc_t*>(nullptr), g.height, g.width,
+                     sy[j], sx[j]);
+    }
     // 3. Sampling.
     if constexpr (kFloatImage && I == Interp::kBilinear) {
       warp_row_bilinear<T, acc_t, P, kAvx2>(p, g, n, i, b);
