@@ -99,47 +99,100 @@ UF_AVX2_INLINE __m256 masked_product_avx2(__m256 w, __m256 v, __m256i inside) {
   return _mm256_and_ps(_mm256_mul_ps(w, v), _mm256_castsi256_ps(inside));
 }
 
+// Bilinear interpolation of a float32 plane at 8 pixels: floors y0, x0 and weights as bilinear_row
+// gives them. The products and sums are sample_plane's, in its order: a tap outside the image, which
+// sample_plane skips, adds +0 here instead (the sum it would be added to is never -0, being
+// 0 + something, so the result is bitwise the same), and its load reads a clamped index.
+template <Padding P>
+UF_AVX2_INLINE __m256 sample_bilinear_avx2(const float* plane, __m256i row_stride, __m256i column_stride,
+                                           __m256i rows, __m256i columns, __m256i y0, __m256 wy0, __m256 wy1,
+                                           __m256i x0, __m256 wx0, __m256 wx1) {
+  constexpr bool kPadded = P != Padding::kZeros;  // padded floors are >= 0 and < size
+  const __m256i one = _mm256_set1_epi32(1), all = _mm256_set1_epi32(-1);
+  const __m256i last_row = _mm256_sub_epi32(rows, one), last_column = _mm256_sub_epi32(columns, one);
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256i y1 = _mm256_add_epi32(y0, one), x1 = _mm256_add_epi32(x0, one);
+  const __m256i in_y0 = kPadded ? all : inside_avx2<false>(y0, rows), in_y1 = inside_avx2<kPadded>(y1, rows);
+  const __m256i in_x0 = kPadded ? all : inside_avx2<false>(x0, columns);
+  const __m256i in_x1 = inside_avx2<kPadded>(x1, columns);
+  const __m256i row0 = _mm256_mullo_epi32(clamp_avx2(y0, last_row), row_stride);
+  const __m256i row1 = _mm256_mullo_epi32(clamp_avx2(y1, last_row), row_stride);
+  const __m256i column0 = _mm256_mullo_epi32(clamp_avx2(x0, last_column), column_stride);
+  const __m256i column1 = _mm256_mullo_epi32(clamp_avx2(x1, last_column), column_stride);
+  const __m256 v00 = _mm256_i32gather_ps(plane, _mm256_add_epi32(row0, column0), 4);
+  const __m256 v01 = _mm256_i32gather_ps(plane, _mm256_add_epi32(row0, column1), 4);
+  const __m256 v10 = _mm256_i32gather_ps(plane, _mm256_add_epi32(row1, column0), 4);
+  const __m256 v11 = _mm256_i32gather_ps(plane, _mm256_add_epi32(row1, column1), 4);
+  const __m256 along0 =
+      _mm256_add_ps(_mm256_add_ps(zero, masked_product_avx2(wx0, v00, in_x0)), masked_product_avx2(wx1, v01, in_x1));
+  const __m256 along1 =
+      _mm256_add_ps(_mm256_add_ps(zero, masked_product_avx2(wx0, v10, in_x0)), masked_product_avx2(wx1, v11, in_x1));
+  return _mm256_add_ps(_mm256_add_ps(zero, masked_product_avx2(wy0, along0, in_y0)),
+                       masked_product_avx2(wy1, along1, in_y1));
+}
+
+// uf_clamp(x, lo, hi) lane by lane, NaN included: x < lo ? lo : (x > hi ? hi : x).
+UF_AVX2_INLINE __m256 clamp_ps_avx2(__m256 x, __m256 lo, __m256 hi) {
+  const __m256 upper = _mm256_blendv_ps(x, hi, _mm256_cmp_ps(x, hi, _CMP_GT_OQ));
+  return _mm256_blendv_ps(upper, lo, _mm256_cmp_ps(x, lo, _CMP_LT_OQ));
+}
+
+// pad_row then bilinear_row for 8 coordinates x on an axis of `size` pixels: the same operations.
+template <Padding P>
+UF_AVX2_INLINE void bilinear_axis_avx2(__m256 x, int64_t size, __m256i& floor, __m256& w0, __m256& w1) {
+  const __m256 limit = _mm256_set1_ps(float(kCoordinateLimit)), span = _mm256_set1_ps(float(size - 1));
+  const __m256 zero = _mm256_setzero_ps();
+  __m256 v = clamp_ps_avx2(x, _mm256_sub_ps(zero, limit), limit);
+  if constexpr (P == Padding::kBorder) v = clamp_ps_avx2(v, zero, span);
+  if constexpr (P == Padding::kReflection) {
+    const __m256 mirrored_above = _mm256_sub_ps(span, _mm256_sub_ps(v, span));
+    const __m256 mirrored = _mm256_blendv_ps(mirrored_above, v, _mm256_cmp_ps(v, mirrored_above, _CMP_LT_OQ));
+    const __m256 negated = _mm256_xor_ps(v, _mm256_set1_ps(-0.0f));
+    __m256 padded = _mm256_blendv_ps(mirrored, negated, _mm256_cmp_ps(v, zero, _CMP_LT_OQ));
+    const __m256 outside =
+        _mm256_or_ps(_mm256_cmp_ps(padded, zero, _CMP_NGE_UQ), _mm256_cmp_ps(padded, span, _CMP_NLE_UQ));
+    if (_mm256_movemask_ps(outside) != 0) {  // farther than one image size beyond an edge: rare
+      alignas(32) float clamped[8], lanes[8];
+      _mm256_store_ps(clamped, v);
+      _mm256_store_ps(lanes, padded);
+      for (int k = 0; k < 8; ++k)
+        if (!(lanes[k] >= 0.0f && lanes[k] <= float(size - 1))) lanes[k] = reflect_coordinate(clamped[k], size);
+      padded = _mm256_load_ps(lanes);
+    }
+    v = padded;
+  }
+  const __m256i truncated = _mm256_cvttps_epi32(v);  // floor_index<int32_t>: toward zero, then down
+  floor = _mm256_add_epi32(truncated, _mm256_castps_si256(_mm256_cmp_ps(_mm256_cvtepi32_ps(truncated), v, _CMP_GT_OQ)));
+  const __m256 below = _mm256_cvtepi32_ps(floor);
+  w0 = _mm256_sub_ps(_mm256_add_ps(below, _mm256_set1_ps(1.0f)), v);
+  w1 = _mm256_sub_ps(v, below);
+}
+
+// round_padded(floor, fraction) for 8 padded coordinates: + 1 above one half, + (floor & 1) at it.
+UF_AVX2_INLINE __m256i round_padded_avx2(__m256i floor, __m256 fraction) {
+  const __m256 half = _mm256_set1_ps(0.5f);
+  const __m256i above = _mm256_castps_si256(_mm256_cmp_ps(fraction, half, _CMP_GT_OQ));  // -1 where true
+  const __m256i tie = _mm256_castps_si256(_mm256_cmp_ps(fraction, half, _CMP_EQ_OQ));
+  return _mm256_add_epi32(_mm256_sub_epi32(floor, above),
+                          _mm256_and_si256(_mm256_and_si256(tie, floor), _mm256_set1_epi32(1)));
+}
+
 // sample_row_bilinear of a float32 plane, 8 pixels per step with AVX2 gathers; returns how many
-// leading pixels it did (a multiple of 8). The products and sums are sample_plane's, in its order:
-// a tap outside the image, which sample_plane skips, adds +0 here instead (the sum it would be
-// added to is never -0, being 0 + something, so the result is bitwise the same), and its load
-// reads a clamped index. Element offsets must fit in int32 (the caller checks).
+// leading pixels it did (a multiple of 8). Element offsets must fit in int32 (the caller checks).
 template <Padding P>
 UF_TARGET_AVX2 int64_t sample_row_bilinear_avx2(const float* plane, int32_t stride_h, int32_t stride_w,
                                                 int32_t height, int32_t width, const int32_t* iy, const float* wy0,
                                                 const float* wy1, const int32_t* ix, const float* wx0,
                                                 const float* wx1, int64_t count, float* values) {
-  constexpr bool kPadded = P != Padding::kZeros;  // padded floors are >= 0 and < size
-  const __m256i one = _mm256_set1_epi32(1), all = _mm256_set1_epi32(-1);
   const __m256i rows = _mm256_set1_epi32(height), columns = _mm256_set1_epi32(width);
-  const __m256i last_row = _mm256_set1_epi32(height - 1), last_column = _mm256_set1_epi32(width - 1);
   const __m256i row_stride = _mm256_set1_epi32(stride_h), column_stride = _mm256_set1_epi32(stride_w);
-  const __m256 zero = _mm256_setzero_ps();
   int64_t j = 0;
   for (; j + 8 <= count; j += 8) {
     const __m256i y0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(iy + j));
     const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ix + j));
-    const __m256i y1 = _mm256_add_epi32(y0, one), x1 = _mm256_add_epi32(x0, one);
-    const __m256i in_y0 = kPadded ? all : inside_avx2<false>(y0, rows), in_y1 = inside_avx2<kPadded>(y1, rows);
-    const __m256i in_x0 = kPadded ? all : inside_avx2<false>(x0, columns);
-    const __m256i in_x1 = inside_avx2<kPadded>(x1, columns);
-    const __m256i row0 = _mm256_mullo_epi32(clamp_avx2(y0, last_row), row_stride);
-    const __m256i row1 = _mm256_mullo_epi32(clamp_avx2(y1, last_row), row_stride);
-    const __m256i column0 = _mm256_mullo_epi32(clamp_avx2(x0, last_column), column_stride);
-    const __m256i column1 = _mm256_mullo_epi32(clamp_avx2(x1, last_column), column_stride);
-    const __m256 v00 = _mm256_i32gather_ps(plane, _mm256_add_epi32(row0, column0), 4);
-    const __m256 v01 = _mm256_i32gather_ps(plane, _mm256_add_epi32(row0, column1), 4);
-    const __m256 v10 = _mm256_i32gather_ps(plane, _mm256_add_epi32(row1, column0), 4);
-    const __m256 v11 = _mm256_i32gather_ps(plane, _mm256_add_epi32(row1, column1), 4);
-    const __m256 w_x0 = _mm256_loadu_ps(wx0 + j), w_x1 = _mm256_loadu_ps(wx1 + j);
-    const __m256 along0 = _mm256_add_ps(_mm256_add_ps(zero, masked_product_avx2(w_x0, v00, in_x0)),
-                                        masked_product_avx2(w_x1, v01, in_x1));
-    const __m256 along1 = _mm256_add_ps(_mm256_add_ps(zero, masked_product_avx2(w_x0, v10, in_x0)),
-                                        masked_product_avx2(w_x1, v11, in_x1));
-    const __m256 result =
-        _mm256_add_ps(_mm256_add_ps(zero, masked_product_avx2(_mm256_loadu_ps(wy0 + j), along0, in_y0)),
-                      masked_product_avx2(_mm256_loadu_ps(wy1 + j), along1, in_y1));
-    _mm256_storeu_ps(values + j, result);
+    _mm256_storeu_ps(values + j, sample_bilinear_avx2<P>(plane, row_stride, column_stride, rows, columns, y0,
+                                                         _mm256_loadu_ps(wy0 + j), _mm256_loadu_ps(wy1 + j), x0,
+                                                         _mm256_loadu_ps(wx0 + j), _mm256_loadu_ps(wx1 + j)));
   }
   return j;
 }
@@ -236,9 +289,13 @@ UF_WARP_INLINE void copy_row_nearest(const void* plane, int64_t stride_h, int64_
 // Per-thread row buffers of the CPU kernel.
 template <typename acc_t>
 struct RowBuffers {
+  // Source points and label indices get room for whole 8-pixel steps: the fused AVX2 row reads
+  // the source points past the row's end (left 0: harmless in-image coordinates) and discards them.
   explicit RowBuffers(int64_t width, int64_t grid_width)
-      : columns(2 * grid_width), dy(width), dx(width), sy(width), sx(width), py(width), px(width), wy0(width),
-        wy1(width), wx0(width), wx1(width), values(width), iy(width), ix(width) {}
+      : columns(2 * grid_width), dy(width), dx(width), sy(whole_steps(width)), sx(whole_steps(width)), py(width),
+        px(width), wy0(width), wy1(width), wx0(width), wx1(width), values(width), iy(whole_steps(width)),
+        ix(whole_steps(width)) {}
+  static int64_t whole_steps(int64_t width) { return (width + 7) / 8 * 8; }
   std::vector<acc_t> columns;  // per grid column: (dy, dx) interpolated along y for this row
   std::vector<acc_t> dy, dx;   // displacement
   std::vector<acc_t> sy, sx;   // source point
@@ -247,12 +304,113 @@ struct RowBuffers {
   std::vector<int32_t> iy, ix;  // floors of py, px; then nearest indices for the label
 };
 
+// The label along a row, nearest: for padded coordinates from the rounded taps in b.iy, b.ix; with
+// zeros padding per pixel from the source points (taps outside read 0), as warp_pixel does.
+template <typename acc_t, Padding P, bool kAvx2>
+UF_WARP_INLINE void warp_row_label(const WarpPointers<acc_t>& p, const WarpGeometry& g, int64_t n, int64_t plain_row,
+                                   const RowBuffers<acc_t>& b) {
+  const int64_t count = g.out_width;
+  const void* label = static_cast<const char*>(p.label) + n * g.label.n * g.label_bytes;
+  void* label_out = static_cast<char*>(p.label_out) + plain_row * g.label_bytes;
+  if constexpr (P != Padding::kZeros) {
+    const int32_t* iy = b.iy.data();
+    const int32_t* ix = b.ix.data();
+    const int64_t sh = g.label.h, sw = g.label.w;
+    switch (g.label_bytes) {
+      case 1: copy_row_nearest<uint8_t, kAvx2>(label, sh, sw, g.height, g.width, iy, ix, count, label_out); break;
+      case 2: copy_row_nearest<uint16_t, kAvx2>(label, sh, sw, g.height, g.width, iy, ix, count, label_out); break;
+      case 4: copy_row_nearest<uint32_t, kAvx2>(label, sh, sw, g.height, g.width, iy, ix, count, label_out); break;
+      default: copy_row_nearest<uint64_t, kAvx2>(label, sh, sw, g.height, g.width, iy, ix, count, label_out); break;
+    }
+  } else {
+    for (int64_t j = 0; j < count; ++j) {
+      AxisTaps<acc_t> ly, lx;
+      axis_taps<Interp::kNearest, P>(b.sy[j], g.height, ly);
+      axis_taps<Interp::kNearest, P>(b.sx[j], g.width, lx);
+      copy_element(label, ly.index[0] * g.label.h + lx.index[0] * g.label.w, label_out, j, g.label_bytes,
+                   ly.inside[0] && lx.inside[0]);
+    }
+  }
+}
+
+#if UF_ELASTIC_AVX2
+// Whether element offsets (h, w) of a height x width plane fit in int32 (AVX2 gather indices).
+inline bool offsets_fit_int32(int64_t height, int64_t width, int64_t stride_h, int64_t stride_w) {
+  return stride_h >= 0 && stride_w >= 0 &&
+         (height - 1) * stride_h + (width - 1) * stride_w <= std::numeric_limits<int32_t>::max();
+}
+
+// Whether warp_row_bilinear_avx2 can do a float32 call: output rows contiguous, gather offsets of
+// the image and weight planes in int32.
+inline bool fused_avx2_row_fits(const WarpPointers<float>& p, const WarpGeometry& g) {
+  return g.out.w == 1 && offsets_fit_int32(g.height, g.width, g.image.h, g.image.w) &&
+         (p.weight == nullptr || offsets_fit_int32(g.height, g.width, g.weight.h, g.weight.w));
+}
+
+// warp_row_bilinear of a float32 image in one pass of 8-pixel steps (padding, taps, every channel,
+// weight, label indices), its row arrays never written: bitwise the same results (see
+// bilinear_axis_avx2, sample_bilinear_avx2, round_padded_avx2). The last step's lanes past the row
+// read the 0 source points there and are not stored.
+template <Padding P>
+UF_TARGET_AVX2 void warp_row_bilinear_avx2(const WarpPointers<float>& p, const WarpGeometry& g, int64_t n, int64_t i,
+                                           RowBuffers<float>& b) {
+  const int64_t count = g.out_width;
+  const float* image = static_cast<const float*>(p.image) + n * g.image.n;
+  float* out = static_cast<float*>(p.out) + n * g.out.n + i * g.out.h;
+  const float* vary = p.intensity ? p.intensity + 3 * n : nullptr;
+  const int64_t plain_row = (n * g.out_height + i) * count;  // label / weight outputs: contiguous (N, h, w)
+  const float* weight = p.weight ? static_cast<const float*>(p.weight) + n * g.weight.n : nullptr;
+  float* weight_out = p.weight ? static_cast<float*>(p.weight_out) + plain_row : nullptr;
+  const bool label_taps = p.label != nullptr && P != Padding::kZeros;
+  const __m256i rows = _mm256_set1_epi32(int32_t(g.height)), columns = _mm256_set1_epi32(int32_t(g.width));
+  const __m256i image_h = _mm256_set1_epi32(int32_t(g.image.h)), image_w = _mm256_set1_epi32(int32_t(g.image.w));
+  const __m256i weight_h = _mm256_set1_epi32(int32_t(g.weight.h)), weight_w = _mm256_set1_epi32(int32_t(g.weight.w));
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (int64_t j = 0; j < count; j += 8) {
+    const __m256i stored = _mm256_cmpgt_epi32(_mm256_set1_epi32(int32_t(std::min<int64_t>(count - j, 8))), lane);
+    __m256i y0, x0;
+    __m256 wy0, wy1, wx0, wx1;
+    bilinear_axis_avx2<P>(_mm256_loadu_ps(b.sy.data() + j), g.height, y0, wy0, wy1);
+    bilinear_axis_avx2<P>(_mm256_loadu_ps(b.sx.data() + j), g.width, x0, wx0, wx1);
+    for (int64_t c = 0; c < g.channels; ++c) {
+      _mm256_maskstore_ps(out + c * g.out.c + j, stored,
+                          sample_bilinear_avx2<P>(image + c * g.image.c, image_h, image_w, rows, columns, y0, wy0,
+                                                  wy1, x0, wx0, wx1));
+    }
+    if (weight != nullptr) {
+      _mm256_maskstore_ps(weight_out + j, stored,
+                          sample_bilinear_avx2<P>(weight, weight_h, weight_w, rows, columns, y0, wy0, wy1, x0, wx0, wx1));
+    }
+    if (label_taps) {  // room for whole steps: see RowBuffers
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(b.iy.data() + j), round_padded_avx2(y0, wy1));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(b.ix.data() + j), round_padded_avx2(x0, wx1));
+    }
+  }
+  if (vary != nullptr) {  // a pass of its own: pow calls interleaved with the gathers run slower
+    const float contrast = vary[0], brightness = vary[1], gamma = vary[2];
+    for (int64_t c = 0; c < g.channels; ++c) {
+      float* out_row = out + c * g.out.c;
+      for (int64_t j = 0; j < count; ++j) out_row[j] = vary_intensity(out_row[j], contrast, brightness, gamma);
+    }
+  }
+  if (p.label != nullptr) warp_row_label<float, P, true>(p, g, n, plain_row, b);
+}
+#endif
+
 // Bilinear image sampling, row by row in passes over arrays: padding, taps, then sampling per
 // channel, weight and label. Same arithmetic as warp_pixel, arranged so that all but the gathers
 // vectorize and no per-pixel branch tests which outputs exist.
 template <typename T, typename acc_t, Padding P, bool kAvx2>
 UF_WARP_INLINE void warp_row_bilinear(const WarpPointers<acc_t>& p, const WarpGeometry& g, int64_t n, int64_t i,
                        RowBuffers<acc_t>& b) {
+#if UF_ELASTIC_AVX2
+  if constexpr (kAvx2 && std::is_same_v<T, float> && std::is_same_v<acc_t, float>) {
+    if (fused_avx2_row_fits(p, g)) {
+      warp_row_bilinear_avx2<P>(p, g, n, i, b);
+      return;
+    }
+  }
+#endif
   const int64_t count = g.out_width;
   int32_t* iy = b.iy.data();
   int32_t* ix = b.ix.data();
@@ -294,29 +452,13 @@ UF_WARP_INLINE void warp_row_bilinear(const WarpPointers<acc_t>& p, const WarpGe
     }
   }
   if (p.label != nullptr) {
-    const void* label = static_cast<const char*>(p.label) + n * g.label.n * g.label_bytes;
-    void* label_out = static_cast<char*>(p.label_out) + plain_row * g.label_bytes;
     if constexpr (P != Padding::kZeros) {
       for (int64_t j = 0; j < count; ++j) {  // w1 = x - floor(x): see round_padded
         iy[j] = round_padded(iy[j], wy1[j]);
         ix[j] = round_padded(ix[j], wx1[j]);
       }
-      const int64_t sh = g.label.h, sw = g.label.w;
-      switch (g.label_bytes) {
-        case 1: copy_row_nearest<uint8_t, kAvx2>(label, sh, sw, g.height, g.width, iy, ix, count, label_out); break;
-        case 2: copy_row_nearest<uint16_t, kAvx2>(label, sh, sw, g.height, g.width, iy, ix, count, label_out); break;
-        case 4: copy_row_nearest<uint32_t, kAvx2>(label, sh, sw, g.height, g.width, iy, ix, count, label_out); break;
-        default: copy_row_nearest<uint64_t, kAvx2>(label, sh, sw, g.height, g.width, iy, ix, count, label_out); break;
-      }
-    } else {  // taps outside read 0: per pixel, as warp_pixel does
-      for (int64_t j = 0; j < count; ++j) {
-        AxisTaps<acc_t> ly, lx;
-        axis_taps<Interp::kNearest, P>(b.sy[j], g.height, ly);
-        axis_taps<Interp::kNearest, P>(b.sx[j], g.width, lx);
-        copy_element(label, ly.index[0] * g.label.h + lx.index[0] * g.label.w, label_out, j, g.label_bytes,
-                     ly.inside[0] && lx.inside[0]);
-      }
     }
+    warp_row_label<acc_t, P, kAvx2>(p, g, n, plain_row, b);
   }
 }
 
