@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from unet_fast import blocks  # noqa: F401  (registers the block ops)
-from unet_fast.ops._backends import check_backend, resolve_backend
+from unet_fast.ops._backends import block_backend, check_backend, resolve_backend
 from unet_fast.reference.unet import UNet as ReferenceUNet
 
 
@@ -117,7 +117,7 @@ class UNet(ReferenceUNet):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         dtype = self._compute_dtype(x)
-        backend = resolve_backend(self.backend, x.device, dtype)
+        backend = block_backend(self.backend, x.device, dtype)  # "auto" keeps the per-shape cuDNN choice
         encoder_fused = self._encoder_fallback_reason() is None
         decoder_fused = self._decoder_fallback_reason() is None
 
