@@ -3,11 +3,12 @@
 // coarse displacement grid is interpolated separably: per row along y for each grid column (as the
 // CUDA kernel does), then along x with weights precomputed once per call.
 //
-// The row loops are compiled twice: portable (SSE2 on x86-64) and, chosen at run time, for AVX2,
-// where float32 bilinear sampling gathers 8 pixels at a time. Both compute the same operations in
-// the same order (no FMA contraction: the AVX2 target does not enable FMA), so their results are
-// bitwise equal; ATEN_CPU_CAPABILITY=default, which turns off torch's own AVX2 kernels, selects
-// the portable loops too.
+// The row loops are compiled twice: portable (SSE2 on x86-64) and, chosen at run time, for AVX2.
+// Under AVX2 a float32 bilinear row is one pass of 8-pixel steps written with intrinsics (padding,
+// taps, gathers of every channel, weight and label), and nearest labels are gathered too. Both
+// compute the header's operations in the same order (no FMA contraction: the AVX2 target does not
+// enable FMA), so their results are bitwise equal (tests/ops/test_elastic_warp_isa.py);
+// ATEN_CPU_CAPABILITY=default, which turns off torch's own AVX2 kernels, selects the portable loops.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/Version.h>
