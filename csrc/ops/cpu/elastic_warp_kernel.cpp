@@ -83,6 +83,14 @@ UF_WARP_INLINE void bilinear_row(const acc_t* x, int64_t count, int32_t* floors,
 #if UF_ELASTIC_AVX2
 #define UF_AVX2_INLINE UF_TARGET_AVX2 inline __attribute__((always_inline))
 
+// Whether the sizes and element offsets (h, w) of a height x width plane fit in int32 (AVX2 lanes
+// and gather indices).
+inline bool offsets_fit_int32(int64_t height, int64_t width, int64_t stride_h, int64_t stride_w) {
+  constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
+  return height <= kMax && width <= kMax && stride_h >= 0 && stride_w >= 0 &&
+         (height - 1) * stride_h + (width - 1) * stride_w <= kMax;
+}
+
 // Whether each index i lies in [0, size); kNonNegative: the indices are known to be >= 0.
 template <bool kNonNegative>
 UF_AVX2_INLINE __m256i inside_avx2(__m256i i, __m256i size) {
@@ -208,8 +216,7 @@ UF_WARP_INLINE void sample_row_bilinear(const T* plane, int64_t stride_h, int64_
   int64_t j = 0;
 #if UF_ELASTIC_AVX2
   if constexpr (kAvx2 && std::is_same_v<T, float> && std::is_same_v<acc_t, float>) {
-    const int64_t largest_offset = (height - 1) * stride_h + (width - 1) * stride_w;
-    if (stride_h >= 0 && stride_w >= 0 && largest_offset <= std::numeric_limits<int32_t>::max()) {
+    if (offsets_fit_int32(height, width, stride_h, stride_w)) {
       j = sample_row_bilinear_avx2<P>(plane, int32_t(stride_h), int32_t(stride_w), int32_t(height), int32_t(width),
                                       iy, wy0, wy1, ix, wx0, wx1, count, values);
     }
@@ -279,7 +286,7 @@ UF_WARP_INLINE void copy_row_nearest(const void* plane, int64_t stride_h, int64_
 #if UF_ELASTIC_AVX2
   if constexpr (kAvx2 && (sizeof(L) == 1 || sizeof(L) == 8)) {
     const int64_t largest_offset = (height - 1) * stride_h + (width - 1) * stride_w;
-    if (stride_h >= 0 && stride_w >= 0 && largest_offset <= std::numeric_limits<int32_t>::max())
+    if (offsets_fit_int32(height, width, stride_h, stride_w))
       j = copy_row_nearest_avx2<L>(source, int32_t(stride_h), int32_t(stride_w), int32_t(largest_offset), ny, nx,
                                    count, target);
   }
@@ -335,12 +342,6 @@ UF_WARP_INLINE void warp_row_label(const WarpPointers<acc_t>& p, const WarpGeome
 }
 
 #if UF_ELASTIC_AVX2
-// Whether element offsets (h, w) of a height x width plane fit in int32 (AVX2 gather indices).
-inline bool offsets_fit_int32(int64_t height, int64_t width, int64_t stride_h, int64_t stride_w) {
-  return stride_h >= 0 && stride_w >= 0 &&
-         (height - 1) * stride_h + (width - 1) * stride_w <= std::numeric_limits<int32_t>::max();
-}
-
 // Whether warp_row_bilinear_avx2 can do a float32 call: output rows contiguous, gather offsets of
 // the image and weight planes in int32.
 inline bool fused_avx2_row_fits(const WarpPointers<float>& p, const WarpGeometry& g) {
