@@ -85,6 +85,11 @@ def test_paper_does_not_override_typed_options(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(train_module, "train", lambda config: seen.setdefault("config", config) and {"run_dir": "x"})
     assert main(["train", "--paper", "--out", str(tmp_path / "a"), "--steps", "7", "--device", "cpu"]) == 0
     assert seen["config"].depth == 5 and seen["config"].tile_size == 572 and seen["config"].steps == 7
+    paper = seen.pop("config")
+    assert (paper.optimizer, paper.momentum, paper.class_balance) == ("sgd", 0.99, True)
+    assert main(["train", "--out", str(tmp_path / "c"), "--device", "cpu"]) == 0
+    default = seen.pop("config")  # the short-run recipe: AdamW, border weights without w_c
+    assert (default.optimizer, default.class_balance, default.w0, default.tile_size) == ("adamw", False, 10.0, 572)
     assert main(["train", "--paper", "--depth", "3", "--out", str(tmp_path / "b"), "--device", "cpu"]) == 2
     assert "--depth 5" in capsys.readouterr().err
 

@@ -47,7 +47,7 @@ def test_run_directory_contents(tmp_path):
     assert set(summary["validation"]) == {"pixel_error", "foreground_iou", "foreground_dice", "rand_error"}
     model_state, optimizer_state, state = ckpt.load_checkpoint(out)
     assert state["step"] == 2 and state["model_config"]["depth"] == 3
-    assert any("momentum_buffer" in entry for entry in optimizer_state["state"].values())
+    assert any("exp_avg" in entry for entry in optimizer_state["state"].values())  # AdamW, the default
     with pytest.raises(ValueError, match="--resume"):
         train(TrainConfig(out=str(out), steps=2, **TINY))
 
@@ -179,6 +179,19 @@ def test_two_steps_on_isbi(tmp_path):
                                 tile_size=60, val_interval=2, device="cpu", progress=False))
     assert summary["steps"] == 2 and math.isfinite(summary["loss"])
     assert 0 <= summary["validation"]["pixel_error"] <= 1
+
+
+@pytest.mark.skipif(not os.path.isdir(ISBI), reason="ISBI 2012 data not present (../shared/data/isbi2012)")
+def test_default_recipe_learns_isbi_on_cpu_in_400_steps(tmp_path):
+    """The documented promise: ``unet-fast train --data isbi2012 --device cpu --base-channels 16
+    --steps 400`` learns a useful segmentation (about 2.5 min on 2 cores)."""
+    summary = train(TrainConfig(data=ISBI, out=str(tmp_path / "isbi"), base_channels=16, steps=400,
+                                device="cpu", progress=False))
+    scores = summary["validation"]
+    # Predicting "cell" everywhere scores pixel error 0.20 and adapted Rand error 0.91 on the
+    # held-out slices; the recipe measured 0.11 and 0.20. The margins allow for other CPUs' rounding.
+    assert scores["pixel_error"] < 0.15, scores
+    assert scores["rand_error"] < 0.4, scores
 
 
 def test_class_weights_reach_the_dice_term(tmp_path, monkeypatch):

@@ -30,14 +30,16 @@ def _optional_bool(parser, name: str, default: bool, help: str) -> None:
 
 
 def _train_parser(sub) -> None:
-    from unet_fast.train import CPU_TILE_SIZE, DEFAULT_LR, GPU_TILE_SIZE, TrainConfig
+    from unet_fast.train import DEFAULT_LR, TrainConfig
 
     d = TrainConfig()
     p = sub.add_parser(
         "train", help="train a U-Net on an image folder or the synthetic data set",
-        description="Train a U-Net. Defaults are the paper's recipe (SGD momentum 0.99, one tile per "
-        "batch, elastic augmentation, weighted cross-entropy with w0=10, sigma=5) except the tile size "
-        f"on CPU ({CPU_TILE_SIZE}; {GPU_TILE_SIZE} on CUDA). --paper sets the paper's whole configuration.",
+        description="Train a U-Net. Defaults are the paper's recipe (one 572 px tile per batch, elastic "
+        "augmentation, cross-entropy with the border weights w0=10, sigma=5, the depth-5 network) with AdamW "
+        "instead of SGD at momentum 0.99 and without the class-balancing weights, so that short runs learn "
+        "(400 steps of --base-channels 16 on ISBI 2012 take 2.5 min on 2 CPU cores). --paper sets the "
+        "paper's whole configuration.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--data", default=d.data, help="'synthetic' or a directory with images/ and labels/ matched by file stem")
@@ -52,7 +54,8 @@ def _train_parser(sub) -> None:
     p.add_argument("--padding", default=d.padding, choices=("valid", "same"))
     p.add_argument("--dropout", type=float, default=d.dropout)
     p.add_argument("--norm", default=None, choices=("batch", "instance"))
-    p.add_argument("--tile-size", type=int, default=None, help=f"input tile edge (default {GPU_TILE_SIZE} on CUDA, {CPU_TILE_SIZE} on CPU)")
+    p.add_argument("--tile-size", type=int, default=d.tile_size,
+                   help="largest input tile edge: the largest valid size up to it is used")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--optimizer", default=d.optimizer, choices=("sgd", "adamw"))
     p.add_argument("--lr", type=float, default=None, help=f"learning rate (default {DEFAULT_LR})")

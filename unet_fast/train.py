@@ -2,15 +2,18 @@
 
 Paper recipe (``--paper``): SGD with momentum 0.99, a batch of one large tile (572x572 in, 388x388
 out), elastic deformation of every tile on the device, the pixel-wise weighted cross-entropy with
-the border weight map (w0 = 10, sigma = 5 px), dropout 0.5, the depth-5, 64-channel network.
+class-balancing weights w_c plus the border weight map (w0 = 10, sigma = 5 px), dropout 0.5, the
+depth-5, 64-channel network.
 
-Defaults differ from the paper only where a CPU run needs it: on a CPU the tile is 252 px (68 px
-out) instead of 572, so that ``unet-fast train --data DIR --device cpu --base-channels 16 --steps
-400`` runs in about 2 minutes on 2 cores; the default learning rate is chosen for the loss's mean
-reduction (see ``DEFAULT_LR``). Everything else, including the optimizer, is the paper's. Known
-limit: with these defaults 400 steps on ISBI 2012 do not yet converge to a useful segmentation
-(SGD at momentum 0.99 oscillates between all-cell and all-membrane); ``--optimizer adamw`` does
-better, and ``unet-fast demo`` (AdamW, depth 4) learns the synthetic data set on a CPU.
+Defaults: the paper's tile, batch, augmentation, border weights and network, with two changes that
+make short runs learn: AdamW (lr 1e-3) instead of SGD at momentum 0.99, and no class-balancing term
+w_c (the border term already up-weights the thin membranes). Measured on ISBI 2012 (27 training /
+3 validation slices) with ``unet-fast train --data DIR --device cpu --base-channels 16 --steps 400``
+on 2 cores, 2.5 min: validation pixel error 0.11 and adapted Rand error 0.20 (predicting "cell"
+everywhere scores 0.20 and 0.91). With the paper's SGD 0.99 the same run collapses to "cell"
+everywhere, and adding w_c over-predicts membrane (pixel error 0.32): both need the paper's far
+longer training. The default learning rates are per optimizer (``DEFAULT_LR``), for the loss
+averaged over output pixels.
 
 A run directory holds ``config.json``, ``metrics.csv`` / ``metrics.json`` (one row per log interval,
 validation rows carry pixel error, foreground IoU / Dice and the adapted Rand error),
@@ -38,8 +41,7 @@ from unet_fast import shapes
 from unet_fast.inference import predict_tiled
 from unet_fast.losses import SegmentationLoss
 
-CPU_TILE_SIZE = 252
-GPU_TILE_SIZE = 572
+DEFAULT_TILE_SIZE = 572
 # Learning rates per optimizer for the loss averaged over output pixels.
 DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-3}
 OPTIMIZERS = ("sgd", "adamw")
@@ -62,9 +64,9 @@ class TrainConfig:
     padding: str = "valid"
     dropout: float = 0.5
     norm: str | None = None
-    tile_size: int | None = None  # 572 on CUDA, 252 on CPU
+    tile_size: int = DEFAULT_TILE_SIZE  # the largest valid input size up to this is used
     batch_size: int = 1
-    optimizer: str = "sgd"
+    optimizer: str = "adamw"  # the paper's is "sgd" (momentum 0.99)
     lr: float | None = None  # DEFAULT_LR[optimizer]
     momentum: float = 0.99
     weight_decay: float = 0.0
@@ -75,7 +77,7 @@ class TrainConfig:
     augment: bool = True
     w0: float = 10.0
     sigma: float = 5.0
-    class_balance: bool = True
+    class_balance: bool = False  # the paper's w_c; on with --paper
     class_weights: list[float] | None = None
     dice_weight: float = 0.0
     balanced_sampling: bool = False
@@ -93,8 +95,6 @@ class TrainConfig:
     def resolved(self, device: torch.device) -> "TrainConfig":
         """A copy with the device-dependent defaults filled in."""
         c = dataclasses.replace(self)
-        if c.tile_size is None:
-            c.tile_size = GPU_TILE_SIZE if device.type == "cuda" else CPU_TILE_SIZE
         if c.lr is None and c.optimizer in DEFAULT_LR:
             c.lr = DEFAULT_LR[c.optimizer]
         if c.checkpoint_interval is None:
@@ -130,13 +130,14 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
-        if self.tile_size is not None:
-            if shapes.largest_valid_input_size(self.tile_size, self.depth, self.padding) is None:
-                smallest = shapes.valid_input_size(1, self.depth, self.padding)
-                raise ValueError(
-                    f"tile_size {self.tile_size} is too small for depth {self.depth} with padding "
-                    f"{self.padding!r}: the smallest valid tile is {smallest}"
-                )
+        if isinstance(self.tile_size, bool) or not isinstance(self.tile_size, int):
+            raise ValueError(f"tile_size must be an integer, got {self.tile_size!r}")
+        if shapes.largest_valid_input_size(self.tile_size, self.depth, self.padding) is None:
+            smallest = shapes.valid_input_size(1, self.depth, self.padding)
+            raise ValueError(
+                f"tile_size {self.tile_size} is too small for depth {self.depth} with padding "
+                f"{self.padding!r}: the smallest valid tile is {smallest}"
+            )
         if self.warmup_steps < 0 or self.weight_decay < 0 or self.dice_weight < 0:
             raise ValueError("warmup_steps, weight_decay and dice_weight must be >= 0")
         if self.val_images is not None and self.val_images < 0:
