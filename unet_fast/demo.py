@@ -22,26 +22,37 @@ GPU_DEMO = dict(base_channels=64, depth=5, tile_size=572, steps=1000, synthetic_
 HELD_OUT = 3
 
 
-def _throughput(model_config: dict, device: torch.device, tile: int, repeats: int = 3) -> dict[str, float]:
-    """Forward tiles/s of the fast and the reference model at the demo's tile size."""
+def _throughput(model_config: dict, device: torch.device, tile: int, rounds: int = 5,
+                warmup: int = 3) -> dict[str, float]:
+    """Forward tiles/s of the fast and the reference model at the demo's tile size: the median of
+    ``rounds`` timed calls per model, the models taking turns so that drift on a shared machine hits
+    both, after ``warmup`` calls each (CPU convolution libraries build their kernels on first use)."""
+    import statistics
+
     from unet_fast.train import _fast_model_class
 
-    results = {}
     x = torch.rand(1, model_config["in_channels"], tile, tile, device=device)
     kinds = ["reference"] + (["fast"] if _fast_model_class() is not None else [])
-    for kind in kinds:
-        model = build_model(kind, **model_config).to(device).eval()
-        with torch.no_grad():
-            model(x)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            begin = time.perf_counter()
-            for _ in range(repeats):
-                model(x)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-        results[kind] = repeats / (time.perf_counter() - begin)
-    return results
+    models = {kind: build_model(kind, **model_config).to(device).eval() for kind in kinds}
+    seconds: dict[str, list[float]] = {kind: [] for kind in kinds}
+
+    def call(model) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        begin = time.perf_counter()
+        model(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - begin
+
+    with torch.no_grad():
+        for model in models.values():
+            for _ in range(warmup):
+                call(model)
+        for _ in range(rounds):
+            for kind, model in models.items():
+                seconds[kind].append(call(model))
+    return {kind: 1.0 / statistics.median(times) for kind, times in seconds.items()}
 
 
 def _overlay(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
@@ -94,6 +105,8 @@ def run_demo(out=None, steps=None, seed: int = 0, device: str = "auto", progress
     line = "  ".join(f"{kind} {value:.2f} tiles/s" for kind, value in speed.items())
     if "fast" in speed:
         line += f"  (fast/reference {speed['fast'] / speed['reference']:.2f}x)"
+    if torch_device.type == "cpu":
+        line += "; on CPU both run PyTorch ops: the fused kernels are for CUDA"
     print(f"forward throughput at {settings['tile_size']} px: {line}")
     print(f"training took {summary['seconds']:.0f} s; overlays (image | truth | prediction): {run_dir / 'overlays.png'}")
     print(f"run directory: {run_dir}")
