@@ -89,10 +89,25 @@ def kernel_backend(backend: str) -> str:
 
 # --- autocast ------------------------------------------------------------------------------------------
 
+# torch.amp.is_autocast_available answered from a table: torch 2.11's Dynamo cannot trace it (a graph
+# break, an error under fullgraph=True), so the device types tensors usually live on are looked up at
+# import and the table is only read while tracing; others are added on first use.
+_AUTOCAST_AVAILABLE = {
+    device_type: torch.amp.is_autocast_available(device_type) for device_type in ("cpu", "cuda", "meta")
+}
+
+
+def autocast_available(device_type: str) -> bool:
+    """Whether torch.autocast knows ``device_type`` (``torch.amp.is_autocast_available``, traceable)."""
+    if device_type not in _AUTOCAST_AVAILABLE:
+        _AUTOCAST_AVAILABLE[device_type] = torch.amp.is_autocast_available(device_type)
+    return _AUTOCAST_AVAILABLE[device_type]
+
+
 def autocast_dtype(device_type: str) -> torch.dtype | None:
     """The dtype torch.autocast computes in on this device type right now, or None (autocast off, or a
     device type such as "meta" that autocast does not know)."""
-    if not torch.amp.is_autocast_available(device_type) or not torch.is_autocast_enabled(device_type):
+    if not autocast_available(device_type) or not torch.is_autocast_enabled(device_type):
         return None
     return torch.get_autocast_dtype(device_type)
 
@@ -108,7 +123,7 @@ def autocast_cast(dtype: torch.dtype | None, t: torch.Tensor | None) -> torch.Te
 def autocast_disabled(device_type: str):
     """A context without autocast, so an op's implementation computes in its inputs' dtypes exactly as
     its fake (meta) kernel says."""
-    if not torch.amp.is_autocast_available(device_type):
+    if not autocast_available(device_type):
         return contextlib.nullcontext()
     return torch.autocast(device_type, enabled=False)
 
