@@ -6,6 +6,7 @@ import contextlib
 import importlib
 import os
 
+import numpy
 import torch
 
 BACKENDS = ("auto", "triton", "torch")
@@ -37,6 +38,29 @@ def triton_available() -> bool:
 def triton_interpreting() -> bool:
     """Whether Triton kernels run in the interpreter on CPU tensors (TRITON_INTERPRET=1)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _major_minor(version: str) -> tuple[int, int]:
+    major, minor = version.split(".")[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
+def interpreter_incompatibility(triton_version: str, numpy_version: str) -> str | None:
+    """Why Triton's interpreter cannot run this package's kernels with these versions, or None.
+
+    Before Triton 3.7 the interpreter turns a loop bound into a Python int with ``int()`` of a
+    1-element array, which numpy >= 2.4 refuses; every kernel with a runtime loop bound then fails."""
+    if _major_minor(triton_version) < (3, 7) and _major_minor(numpy_version) >= (2, 4):
+        return (f"Triton {triton_version}'s interpreter does not work with numpy {numpy_version} "
+                "(loop bounds fail since numpy 2.4): install numpy<2.4 or triton>=3.7")
+    return None
+
+
+# decided once at import, like _TRITON_AVAILABLE, so that the check traces as a constant
+_INTERPRETER_PROBLEM = (
+    interpreter_incompatibility(importlib.import_module("triton").__version__, numpy.__version__)
+    if _TRITON_AVAILABLE else None
+)
 
 
 def autotune_enabled() -> bool:
@@ -71,6 +95,8 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> s
         )
     if dtype not in TRITON_DTYPES:
         raise TypeError(f'backend="triton" supports float16, bfloat16 and float32 tensors, got {dtype}')
+    if device.type == "cpu" and _INTERPRETER_PROBLEM:
+        raise ValueError(f'backend="triton" on CPU runs Triton\'s interpreter: {_INTERPRETER_PROBLEM}')
     return "triton"
 
 
