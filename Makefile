@@ -6,9 +6,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 CONSTRAINTS := requirements/constraints.txt
-# The oldest Triton the GPU servers run; every kernel is also compiled ahead of time with it.
-TRITON_OLDEST := 3.6.0
-OLDEST_VENV := .venv-triton-oldest
+# The oldest supported stack (torch 2.11 + triton 3.6, what the GPU servers run) in a side environment,
+# testing a copy of the tree: an editable install here would replace $(VENV)'s extension.
+OLDEST_CONSTRAINTS := requirements/constraints-oldest.txt
+OLDEST_VENV := .venv-oldest
+OLDEST_TREE := build/oldest
 CUDA_ROOT ?= /usr/local/cuda
 NVCC := $(shell command -v nvcc 2>/dev/null || ls $(CUDA_ROOT)/bin/nvcc 2>/dev/null)
 
@@ -20,10 +22,11 @@ export MAX_JOBS ?= 2
 
 DEPS_STAMP := $(VENV)/.deps-installed
 INSTALL_STAMP := $(VENV)/.unet-fast-installed
-OLDEST_STAMP := $(OLDEST_VENV)/.installed
+OLDEST_DEPS_STAMP := $(OLDEST_VENV)/.deps-installed
+OLDEST_STAMP := $(OLDEST_TREE)/.unet-fast-installed
 CSRC := $(shell find csrc -type f)
 
-.PHONY: install test pytest demo bench aot-check cmake-check clean
+.PHONY: install test pytest demo bench aot-check cmake-check compat-check clean
 
 $(DEPS_STAMP): requirements/dev.txt $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,22 +48,37 @@ bench: install
 	$(VENV)/bin/unet-fast bench --quick --device cpu --json runs/bench-quick.json --plot runs/bench-quick.png
 
 # Tests last, so that pytest's summary closes the output.
-test: install cmake-check aot-check pytest
+test: install cmake-check aot-check compat-check pytest
 
 pytest: install
 	$(PY) -m pytest -q tests
 
-# Every Triton kernel configuration compiled for sm_80 and sm_90 with the pinned Triton, and every
-# kernel in every dtype with the oldest supported one (a side environment borrowing torch from $(VENV)).
-aot-check: install $(OLDEST_STAMP)
+# Every Triton kernel configuration compiled for sm_80 and sm_90 with the pinned Triton.
+aot-check: install
 	$(PY) -m unet_fast.tools.aot_check --arch 80 --arch 90
-	$(OLDEST_VENV)/bin/python -m unet_fast.tools.aot_check --arch 80 --arch 90 --one-per-kernel
 
-$(OLDEST_STAMP): $(DEPS_STAMP)
+# On the oldest stack: the extension built (CUDA sources too), the whole test suite, and every kernel
+# in every dtype compiled ahead of time with triton 3.6. Tests that need ../shared skip in the copy.
+compat-check: $(OLDEST_STAMP)
+	$(SYNC_OLDEST_TREE)
+	cd $(OLDEST_TREE) && $(CURDIR)/$(OLDEST_VENV)/bin/python -m pytest -q -p no:cacheprovider tests
+	cd $(OLDEST_TREE) && $(CURDIR)/$(OLDEST_VENV)/bin/python -m unet_fast.tools.aot_check --arch 80 --arch 90 --one-per-kernel
+
+# The copy keeps its build outputs (tar leaves what it does not carry), so rebuilds are incremental.
+SYNC_OLDEST_TREE = mkdir -p $(OLDEST_TREE) && tar -c --exclude='*.so' --exclude=__pycache__ csrc unet_fast tests \
+	benchmarks requirements setup.py pyproject.toml CMakeLists.txt README.md | tar -x -C $(OLDEST_TREE)
+
+$(OLDEST_DEPS_STAMP): requirements/dev.txt $(CONSTRAINTS) $(OLDEST_CONSTRAINTS)
 	test -x $(OLDEST_VENV)/bin/python || $(PYTHON) -m venv $(OLDEST_VENV)
-	$(OLDEST_VENV)/bin/python -m pip install triton==$(TRITON_OLDEST)
-	$(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" \
-	  > "$$($(OLDEST_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/unet_fast_main_venv.pth"
+	{ cat $(OLDEST_CONSTRAINTS); grep -vE "^($$(sed -n 's/==.*//p' $(OLDEST_CONSTRAINTS) | paste -sd'|'))==" $(CONSTRAINTS); } \
+	  > $(OLDEST_VENV)/constraints.txt
+	$(OLDEST_VENV)/bin/python -m pip install -c $(OLDEST_VENV)/constraints.txt --upgrade pip
+	$(OLDEST_VENV)/bin/python -m pip install -c $(OLDEST_VENV)/constraints.txt -r requirements/dev.txt triton
+	touch $@
+
+$(OLDEST_STAMP): $(OLDEST_DEPS_STAMP) setup.py pyproject.toml $(CSRC)
+	$(SYNC_OLDEST_TREE)
+	cd $(OLDEST_TREE) && $(CURDIR)/$(OLDEST_VENV)/bin/python -m pip install --no-build-isolation --no-deps -e .
 	touch $@
 
 # The C++ library for C++ consumers (CMakeLists.txt), CPU kernels; tests/test_cmake_library.py loads it.
