@@ -181,6 +181,7 @@ def test_two_steps_on_isbi(tmp_path):
     assert 0 <= summary["validation"]["pixel_error"] <= 1
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir(ISBI), reason="ISBI 2012 data not present (../shared/data/isbi2012)")
 def test_default_recipe_learns_isbi_on_cpu_in_400_steps(tmp_path):
     """The documented promise: ``unet-fast train --data isbi2012 --device cpu --base-channels 16
