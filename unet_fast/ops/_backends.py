@@ -119,7 +119,7 @@ def kernel_backend(backend: str) -> str:
 # break, an error under fullgraph=True), so the device types tensors usually live on are looked up at
 # import and the table is only read while tracing; others are added on first use.
 _AUTOCAST_AVAILABLE = {
-    device_type: torch.amp.is_autocast_available(device_type) for device_type in ("cpu", "cuda", "meta")
+    device_type: torch.amp.is_autocast_available(device_type) for device_type in ("cpu", "cuda", "xpu", "mps", "meta")
 }
 
 

@@ -334,8 +334,9 @@ def _conv3x3_relu_backward_op(
 def fused_backward(grad_y, grad_pooled, x, skip, weight, y, relu, pool, allow_tf32, tune, needs_input_grad):
     """(grad_x, grad_skip, grad_weight, grad_bias) of ``fused_forward``, from x, skip and y, with the
     same Triton/ATen choice; a gradient not in needs_input_grad (x, skip, weight, bias), or without
-    its input, is None. The weight is cast to x's dtype here; the gradients come in x's dtype (the
-    weight's in fp32 from Triton's reduction)."""
+    its input, is None. The weight is cast to x's dtype here; the gradients come in x's dtype, as
+    under PyTorch's autocast (Triton reduces the weight gradient in fp32, then rounds it to x's
+    dtype; the caller casts it to the parameter's)."""
     needs = tuple(bool(n) for n in needs_input_grad)
     needs = (needs[0], needs[1] and skip is not None, needs[2], needs[3])
     weight = weight.to(x.dtype)
