@@ -33,7 +33,10 @@ enum class Interp : int { kNearest = 0, kBilinear = 1, kBicubic = 2 };
 enum class Padding : int { kZeros = 0, kBorder = 1, kReflection = 2 };
 
 // Source coordinates are clamped to +-2^22 pixels before any float -> integer conversion; that
-// changes no result for zeros/border padding and keeps the integer conversions defined.
+// changes no result for zeros/border padding and keeps the integer conversions defined. A NaN
+// coordinate is clamped to -2^22 (uf_clamp), so it samples what -infinity does: nothing with zeros
+// padding (image, label and weight read 0), pixel 0 with border padding, and -2^22 reflected with
+// reflection padding.
 constexpr double kCoordinateLimit = 4194304.0;
 
 UF_WARP_INLINE float uf_floor(float x) { return ::floorf(x); }
@@ -45,9 +48,11 @@ UF_WARP_INLINE double uf_fabs(double x) { return ::fabs(x); }
 UF_WARP_INLINE float uf_pow(float x, float y) { return ::powf(x, y); }
 UF_WARP_INLINE double uf_pow(double x, double y) { return ::pow(x, y); }
 
+// x clamped into [lo, hi], NaN to lo: every comparison with NaN is false, so "not >= lo" holds.
+// (The CPU kernel's AVX2 twin, clamp_ps_avx2, uses the same unordered comparison.)
 template <typename T>
 UF_WARP_INLINE T uf_clamp(T x, T lo, T hi) {
-  return x < lo ? lo : (x > hi ? hi : x);
+  return !(x >= lo) ? lo : (x > hi ? hi : x);
 }
 
 // floor(x) as an integer for |x| <= kCoordinateLimit. On the host without SSE4.1, floorf and

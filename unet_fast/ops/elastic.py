@@ -33,6 +33,13 @@ def elastic_warp(
     Sampling is ``F.grid_sample(..., align_corners=True)`` in pixel units: with a dense field and no
     affine the result equals grid_sample's. No gradient exists (inputs requiring grad are refused).
 
+    Source coordinates are clamped to +-2^22 pixels (no change for zeros and border padding;
+    reflection mirrors the clamped coordinate) and a NaN one (e.g. from an overflowing affine:
+    inf - inf) to -2^22: NaN samples what -infinity does, for image, label and weight alike. Zeros
+    padding reads 0; border padding the first pixel of that axis (as grid_sample's bilinear and
+    nearest do; its bicubic and zeros-padded bilinear give NaN); reflection padding the pixel at
+    -2^22 reflected (grid_sample: the first pixel, for infinities too).
+
     Args:
         image: (N, C, H, W) float16/bfloat16/float32/float64, or an integer tensor (N, H, W) or
             (N, C, H, W), which is always sampled nearest and copied exactly.

@@ -40,10 +40,11 @@ namespace {
 // vectorizes. Wider grids gather their 4 taps per pixel.
 constexpr int64_t kMaxTableColumns = 16;
 
-// Clamps a row of source coordinates to +-kCoordinateLimit and applies padding P (into `padded`),
-// as axis_taps does per pixel. The loops vectorize: reflection mirrors at most once there (equal to
-// reflect_coordinate's result whenever that lands inside), and only coordinates still outside
-// (farther than one image size beyond an edge, or NaN) take reflect_coordinate afterwards.
+// Clamps a row of source coordinates to +-kCoordinateLimit (NaN to -kCoordinateLimit) and applies
+// padding P (into `padded`), as axis_taps does per pixel. The loops vectorize: reflection mirrors at
+// most once there (equal to reflect_coordinate's result whenever that lands inside), and only
+// coordinates still outside (farther than one image size beyond an edge) take reflect_coordinate
+// afterwards.
 template <Padding P, typename acc_t>
 UF_WARP_INLINE void pad_row(const acc_t* x, acc_t* padded, int64_t count, int64_t size) {
   const acc_t limit = acc_t(kCoordinateLimit), span = acc_t(size - 1);
@@ -140,10 +141,10 @@ UF_AVX2_INLINE __m256 sample_bilinear_avx2(const float* plane, __m256i row_strid
                        masked_product_avx2(wy1, along1, in_y1));
 }
 
-// uf_clamp(x, lo, hi) lane by lane, NaN included: x < lo ? lo : (x > hi ? hi : x).
+// uf_clamp(x, lo, hi) lane by lane, NaN included: !(x >= lo) ? lo : (x > hi ? hi : x), NaN -> lo.
 UF_AVX2_INLINE __m256 clamp_ps_avx2(__m256 x, __m256 lo, __m256 hi) {
   const __m256 upper = _mm256_blendv_ps(x, hi, _mm256_cmp_ps(x, hi, _CMP_GT_OQ));
-  return _mm256_blendv_ps(upper, lo, _mm256_cmp_ps(x, lo, _CMP_LT_OQ));
+  return _mm256_blendv_ps(upper, lo, _mm256_cmp_ps(x, lo, _CMP_NGE_UQ));
 }
 
 // pad_row then bilinear_row for 8 coordinates x on an axis of `size` pixels: the same operations.
