@@ -174,3 +174,34 @@ def test_cpu_autocast_real_and_fake_agree_on_dtype(op_name):
     torch.testing.assert_close(real, eager, rtol=0, atol=0)  # the same bf16 computation as autocast's
     grads = torch.autograd.grad(real.float().sum(), (x, weight, bias))
     assert all(g.dtype == torch.float32 for g in grads)  # each gradient in its parameter's dtype
+
+
+@pytest.mark.skipif(TRITON_DEVICE is None, reason="needs CUDA or the Triton interpreter")
+@pytest.mark.parametrize("op_name", list(OPS))
+def test_block_auto_falls_back_to_pytorch_beyond_the_kernels_pixel_range(op_name, monkeypatch):
+    import importlib
+
+    from unet_fast.ops import gemm_convs
+    from unet_fast.triton import pixel_gemm
+
+    kernels = importlib.import_module(f"unet_fast.triton.{op_name}")
+    x, weight, bias = _inputs(op_name, 2, 4, 3, 5, 6, torch.float32, TRITON_DEVICE)
+    forward = getattr(gemm_convs, f"{op_name}_impl")
+    backward = getattr(gemm_convs, f"{op_name}_backward_impl")
+    launches = []
+    real_gemm = kernels.pixel_gemm
+    monkeypatch.setattr(kernels, "pixel_gemm", lambda *a, **k: launches.append(1) or real_gemm(*a, **k))
+    expected = _reference(op_name, x, weight, bias)
+    grad = torch.randn_like(expected)
+    for max_pixels, kernels_run in ((2 * 5 * 6, True), (2 * 5 * 6 - 1, False)):
+        monkeypatch.setattr(pixel_gemm, "MAX_PIXELS", max_pixels)
+        launches.clear()
+        y = forward(x, weight, bias, "auto")
+        grad_x, grad_w, grad_b = backward(grad, x, weight, "auto")
+        assert bool(launches) == kernels_run
+        assert y.is_contiguous(memory_format=torch.channels_last)  # the block ops' "auto" layout either way
+        torch.testing.assert_close(y, expected, rtol=1e-4, atol=1e-5)
+        leaves = [t.detach().requires_grad_() for t in (x, weight, bias)]
+        want = torch.autograd.grad(_reference(op_name, *leaves), leaves, grad)
+        for got, ref in zip((grad_x, grad_w, grad_b), want):
+            torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)

@@ -25,7 +25,6 @@ from unet_fast.ops._backends import (
     autocast_dtype,
     check_backend,
     dot_precision,
-    kernel_backend,
     output_memory_format,
     resolve_backend,
 )
@@ -99,12 +98,23 @@ def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
     return torch.ops.unet_fast.conv1x1(x, weight, bias, resolved)
 
 
+def _runs_kernels(backend: str, x: torch.Tensor) -> bool:
+    """Whether the per-pixel GEMM kernels compute: always for "triton" (they raise for what they cannot
+    index), never for "torch", and for the block ops' "auto" where they can index x's N*H*W pixels."""
+    if backend == "auto":
+        from unet_fast.triton.pixel_gemm import MAX_PIXELS
+
+        return x.shape[0] * x.shape[2] * x.shape[3] <= MAX_PIXELS
+    return backend == "triton"
+
+
 # --- up-convolution ---------------------------------------------------------------------------------
 
 def upconv2x2_impl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, backend: str) -> torch.Tensor:
     """The op's computation without validation or autograd (also used inside the model's blocks), in
-    the inputs' dtype whatever autocast says; backend "auto" (the block ops') runs Triton."""
-    if kernel_backend(backend) == "triton":
+    the inputs' dtype whatever autocast says; backend "auto" (the block ops') runs Triton where it can
+    index the pixels."""
+    if _runs_kernels(backend, x):
         from unet_fast.triton.upconv2x2 import upconv2x2_forward
 
         return upconv2x2_forward(x, weight, bias, dot_precision(x.device, x.dtype))
@@ -115,7 +125,7 @@ def upconv2x2_impl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 
 def upconv2x2_backward_impl(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, backend: str):
     """(grad_x, grad_weight, grad_bias) of ``upconv2x2_impl``; grad_x in the op's output layout rule."""
-    if kernel_backend(backend) == "triton":
+    if _runs_kernels(backend, x):
         from unet_fast.triton.upconv2x2 import upconv2x2_backward
 
         return upconv2x2_backward(grad_y, x, weight, True, dot_precision(x.device, x.dtype))
@@ -155,8 +165,9 @@ def _upconv2x2_backward_fake(grad_y, x, weight, backend):
 
 def conv1x1_impl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, backend: str) -> torch.Tensor:
     """The op's computation without validation or autograd (also used by the model's head), in the
-    inputs' dtype whatever autocast says; backend "auto" (the block ops') runs Triton."""
-    if kernel_backend(backend) == "triton":
+    inputs' dtype whatever autocast says; backend "auto" (the block ops') runs Triton where it can
+    index the pixels."""
+    if _runs_kernels(backend, x):
         from unet_fast.triton.conv1x1 import conv1x1_forward
 
         return conv1x1_forward(x, weight, bias, dot_precision(x.device, x.dtype))
@@ -167,7 +178,7 @@ def conv1x1_impl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 
 def conv1x1_backward_impl(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, backend: str):
     """(grad_x, grad_weight, grad_bias) of ``conv1x1_impl``."""
-    if kernel_backend(backend) == "triton":
+    if _runs_kernels(backend, x):
         from unet_fast.triton.conv1x1 import conv1x1_backward
 
         return conv1x1_backward(grad_y, x, weight, True, dot_precision(x.device, x.dtype))
