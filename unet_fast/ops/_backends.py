@@ -108,11 +108,6 @@ def block_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str
     return "auto" if backend == "auto" and resolved == "triton" else resolved
 
 
-def kernel_backend(backend: str) -> str:
-    """"triton" or "torch" for an already resolved backend; the block ops' "auto" runs Triton kernels."""
-    return "torch" if backend == "torch" else "triton"
-
-
 # --- autocast ------------------------------------------------------------------------------------------
 
 # torch.amp.is_autocast_available answered from a table: torch 2.11's Dynamo cannot trace it (a graph

@@ -44,16 +44,16 @@ def _check_common(x, weight, bias, backend):
     if bias is not None:
         check_same("bias", bias, "x", x)
     resolved = resolve_backend(backend, x.device, x.dtype)
-    if resolved == "triton":
-        from unet_fast.triton.pixel_gemm import check_pixels
-
-        try:
-            check_pixels(x.shape[0] * x.shape[2] * x.shape[3])
-        except ValueError:
-            if backend == "triton":
-                raise
-            resolved = "torch"  # "auto": PyTorch for what the kernels cannot index
+    if resolved == "triton" and backend == "auto" and not _fits_pixel_kernels(x):
+        resolved = "torch"  # PyTorch for what the kernels cannot index; "triton" raises in the launcher
     return x, weight, bias, resolved
+
+
+def _fits_pixel_kernels(x: torch.Tensor) -> bool:
+    """Whether the per-pixel GEMM kernels' int32 indices cover x's N*H*W pixels."""
+    from unet_fast.triton.pixel_gemm import MAX_PIXELS
+
+    return x.shape[0] * x.shape[2] * x.shape[3] <= MAX_PIXELS
 
 
 def upconv2x2(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
@@ -101,11 +101,7 @@ def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
 def _runs_kernels(backend: str, x: torch.Tensor) -> bool:
     """Whether the per-pixel GEMM kernels compute: always for "triton" (they raise for what they cannot
     index), never for "torch", and for the block ops' "auto" where they can index x's N*H*W pixels."""
-    if backend == "auto":
-        from unet_fast.triton.pixel_gemm import MAX_PIXELS
-
-        return x.shape[0] * x.shape[2] * x.shape[3] <= MAX_PIXELS
-    return backend == "triton"
+    return backend == "triton" or (backend == "auto" and _fits_pixel_kernels(x))
 
 
 # --- up-convolution ---------------------------------------------------------------------------------
