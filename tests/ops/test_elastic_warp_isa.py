@@ -3,13 +3,11 @@
 The portable loops run in a subprocess under ATEN_CPU_CAPABILITY=default (which the kernel honours
 like torch's own CPU kernels); this process runs whichever its CPU selects.
 """
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
+from tests.ops.cpu_capability import run_with_capability
 from unet_fast.ops import elastic_warp
 
 CASES_SCRIPT = r"""
@@ -59,16 +57,11 @@ def _inputs():
 
 
 def _run_cases(directory, capability):
-    env = dict(os.environ)
-    if capability is None:
-        env.pop("ATEN_CPU_CAPABILITY", None)
-    else:
-        env["ATEN_CPU_CAPABILITY"] = capability
     inputs, outputs = directory / "inputs.pt", directory / f"outputs_{capability}.pt"
     if not inputs.exists():
         torch.save(_inputs(), inputs)
-    subprocess.run([sys.executable, "-c", CASES_SCRIPT, str(inputs), str(outputs)], env=env, check=True,
-                   timeout=300)
+    done = run_with_capability(CASES_SCRIPT, [inputs, outputs], capability)
+    assert done.returncode == 0, f"ATEN_CPU_CAPABILITY={capability}: exit {done.returncode}\n{done.stderr[-3000:]}"
     return torch.load(outputs)
 
 

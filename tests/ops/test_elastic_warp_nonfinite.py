@@ -8,12 +8,11 @@ fails the test instead of killing pytest. The subprocess runs under ATEN_CPU_CAP
 (portable loops) and with this CPU's own capability (AVX2 loops where available), and on a GPU when
 there is one.
 """
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+
+from tests.ops.cpu_capability import run_with_capability
 
 COORDINATE_LIMIT = 2.0 ** 22
 PADDINGS = ("zeros", "border", "reflection")
@@ -137,17 +136,11 @@ def _cases():
 
 
 def _run(directory, capability, device):
-    env = dict(os.environ)
-    if capability is None:
-        env.pop("ATEN_CPU_CAPABILITY", None)
-    else:
-        env["ATEN_CPU_CAPABILITY"] = capability
     cases, outputs = directory / "cases.pt", directory / f"outputs_{capability}_{device}.pt"
     if not cases.exists():
         torch.save({name: {k: v for k, v in case.items() if k != "sources"} for name, case in _CASES.items()},
                    cases)
-    done = subprocess.run([sys.executable, "-c", CASES_SCRIPT, str(cases), str(outputs), device], env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = run_with_capability(CASES_SCRIPT, [cases, outputs, device], capability)
     assert done.returncode == 0, (f"elastic_warp on non-finite coordinates ({device}, "
                                   f"ATEN_CPU_CAPABILITY={capability}) exited with {done.returncode}:\n"
                                   f"{done.stderr[-3000:]}")
