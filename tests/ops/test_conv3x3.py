@@ -379,7 +379,7 @@ def test_cuda_auto_backend_picks_per_shape_and_matches(pinned_conv_precision):
 def test_launch_grids_fit_cuda_limits_for_paper_shape_at_batch_16():
     """Only grid axis 0 may exceed 65,535 blocks; pixel tiles go there, channel tiles stay small."""
     from unet_fast.shapes import level_sizes
-    from unet_fast.triton.conv3x3 import _GEMM_TILES_16, _GEMM_TILES_32, gemm_grid
+    from unet_fast.triton.conv3x3 import _GEMM_TILES, gemm_grid
 
     batch, widest = 16, 1024
     conv_inputs = []  # (input side, output side) of every 3x3 conv of the 572 network
@@ -387,7 +387,7 @@ def test_launch_grids_fit_cuda_limits_for_paper_shape_at_batch_16():
         conv_inputs += [(encoder + 4, encoder + 2), (encoder + 2, encoder), (decoder + 4, decoder + 2), (decoder + 2, decoder)]
     largest_rows = 0
     for side_in, side_out in conv_inputs:
-        for block_m, block_n, *_ in (*_GEMM_TILES_16, *_GEMM_TILES_32):
+        for block_m, block_n, *_ in {tile for tiles in _GEMM_TILES.values() for tile in tiles}:
             for rows in (batch * side_out**2, batch * side_in**2):  # forward, dgrad
                 grid = gemm_grid(rows, widest, block_m, block_n)
                 assert all(blocks <= 65535 for blocks in grid[1:]), (side_in, block_m, grid)

@@ -59,7 +59,7 @@ def test_every_op_refuses_triton_on_cpu_with_the_resolvers_message(monkeypatch):
         assert str(caught.value) == expected, name
     # the launchers' interpreter switch is the same function: no interpreter, so no fixed tile
     monkeypatch.setenv(AUTOTUNE_ENV, "1")
-    assert conv_kernels.fixed_config("fwd", torch.float32) is None
+    assert conv_kernels.fixed_config("fwd", "ieee") is None
 
 
 def test_block_backend_keeps_auto_only_where_triton_runs():
@@ -182,15 +182,18 @@ def test_triton_backend_refuses_too_large_input_before_launch(triton_device):
 def test_autotune_opt_out_fixes_the_kernel_configuration(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     monkeypatch.setenv(AUTOTUNE_ENV, "0")
-    first_fwd = conv_kernels._GEMM_TILES_16[0]
-    assert conv_kernels.fixed_config("fwd", torch.bfloat16) == {
+    first_fwd = conv_kernels._GEMM_TILES["16bit"][0]
+    klass = conv_kernels.operand_class(torch.bfloat16, "ieee")
+    assert conv_kernels.fixed_config("fwd", klass) == {
         "BLOCK_M": first_fwd[0], "BLOCK_N": first_fwd[1], "BLOCK_K": first_fwd[2],
         "num_warps": first_fwd[3], "num_stages": first_fwd[4],
     }
-    first_wgrad = conv_kernels._WGRAD_TILES_32[0]
-    assert conv_kernels.fixed_config("wgrad", torch.float32)["BLOCK_CI"] == first_wgrad[0]
+    for precision in ("tf32", "ieee"):
+        first_wgrad = conv_kernels._WGRAD_TILES[precision][0]
+        klass = conv_kernels.operand_class(torch.float32, precision)
+        assert conv_kernels.fixed_config("wgrad", klass)["BLOCK_CI"] == first_wgrad[0]
     monkeypatch.setenv(AUTOTUNE_ENV, "1")
-    assert conv_kernels.fixed_config("fwd", torch.bfloat16) is None  # autotuned
+    assert conv_kernels.fixed_config("fwd", "16bit") is None  # autotuned
 
 
 def test_autotune_opt_out_makes_auto_run_triton_without_timing(triton_device, fresh_choices, monkeypatch):

@@ -205,3 +205,21 @@ def test_block_auto_falls_back_to_pytorch_beyond_the_kernels_pixel_range(op_name
         want = torch.autograd.grad(_reference(op_name, *leaves), leaves, grad)
         for got, ref in zip((grad_x, grad_w, grad_b), want):
             torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_tile_choice_matches_what_the_ahead_of_time_check_compiles():
+    """The 128-row tile runs only on channels_last products with 16-aligned depth and columns (the
+    specialization that aot_check compiles and checks for register spills); IEEE fp32 has its own."""
+    from unet_fast.triton.aot import registered
+    from unet_fast.triton.pixel_gemm import gemm_tile_name
+
+    rows = 8 * 52 * 52  # the paper model's second up-convolution at batch 8
+    assert gemm_tile_name(rows, 512, 4 * 256, True, torch.bfloat16, "ieee") == "large"
+    assert gemm_tile_name(rows, 512, 4 * 256, True, torch.float32, "tf32") == "large"
+    assert gemm_tile_name(rows, 512, 4 * 256, False, torch.bfloat16, "ieee") == "small"  # NCHW
+    assert gemm_tile_name(rows, 64, 2, True, torch.bfloat16, "ieee") == "small"  # 1x1 conv to 2 classes
+    assert gemm_tile_name(rows, 2, 64, True, torch.bfloat16, "ieee") == "small"  # its input gradient
+    assert gemm_tile_name(rows // 8, 512, 1024, True, torch.bfloat16, "ieee") == "small"  # small map
+    assert gemm_tile_name(rows, 512, 1024, True, torch.float32, "ieee") == "fp32"
+    large = {c.label.rsplit(" ", 1)[0] for c in registered() if c.kernel == "pixel_gemm" and c.label.endswith(" large")}
+    assert large == {"up-conv forward", "up-conv input grad"}

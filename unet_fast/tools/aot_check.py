@@ -3,10 +3,15 @@
     python -m unet_fast.tools.aot_check --arch 80 --arch 90 [--one-per-kernel] [--jobs N]
 
 For each configuration and architecture it prints whether it compiled, the tensor-core
-instructions found in the PTX and the shared memory used, and exits non-zero if a configuration
-fails to compile, exceeds the architecture's shared memory, or breaks its expectation:
-fp16/bf16/tf32 dots must use tensor-core ``mma``, on sm_90 ``wgmma`` wherever BLOCK_M >= 64 and
-the warp count is a multiple of 4, and fp32 dots without TF32 must use none.
+instructions found in the PTX, the widths of its asynchronous global-to-shared copies, the shared
+memory, and the registers and register-spill stack of the cubin (read with the ``cuobjdump`` that
+ships with Triton). It exits non-zero if a configuration fails to compile or breaks an expectation:
+- shared memory within the architecture's limit;
+- fp16/bf16/tf32 dots on tensor-core ``mma``, on sm_90 ``wgmma`` wherever BLOCK_M >= 64 and the warp
+  count is a multiple of 4; fp32 dots without TF32 on none;
+- register spills (stack bytes) within the configuration's ``spill_budget`` (0 unless declared);
+- with ``copy_width`` declared, every ``cp.async`` of that width: a narrower copy means the
+  pipeliner lost an operand's contiguity.
 """
 from __future__ import annotations
 
@@ -14,13 +19,29 @@ import argparse
 import multiprocessing
 import os
 import re
+import subprocess
 import sys
+import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 # Largest dynamic shared memory per block (bytes) that each architecture allows.
 SHARED_MEMORY_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
 TENSOR_CORE_PATTERN = re.compile(r"\b(wgmma\.mma_async|mma\.sync)\b")
+# cp.async.{ca,cg}.shared.global [dst], [src], bytes(, src-size)?;
+ASYNC_COPY_PATTERN = re.compile(r"\bcp\.async\.c[ag]\.shared\.global(?:\.\S+)?\s+\[[^\]]*\],\s*\[[^\]]*\],\s*(0x[0-9a-fA-F]+|\d+)")
+RESOURCE_PATTERN = re.compile(r"REG:(\d+)\s+STACK:(\d+)")
+
+
+@dataclass
+class Compiled:
+    """What the check reads from one compilation."""
+
+    instructions: frozenset[str]
+    shared_bytes: int
+    copy_widths: frozenset[int]
+    registers: int | None = None  # None where cuobjdump is unavailable
+    stack_bytes: int | None = None
 
 
 @dataclass
@@ -32,6 +53,9 @@ class CheckResult:
     compiled: bool
     instructions: tuple[str, ...] = ()
     shared_bytes: int | None = None
+    copy_widths: tuple[int, ...] = ()
+    registers: int | None = None
+    stack_bytes: int | None = None
     problem: str | None = None
 
 
@@ -46,7 +70,7 @@ def _divisibility_attrs(config) -> dict:
 
 
 def compile_config(config, arch: int):
-    """Compiles one configuration for ``sm_<arch>``; returns (ptx, shared memory bytes)."""
+    """Compiles one configuration for ``sm_<arch>``; returns Triton's compiled kernel (asm: ptx, cubin)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -55,20 +79,54 @@ def compile_config(config, arch: int):
         fn=config.fn, signature=config.signature, constexprs=config.constexprs,
         attrs=_divisibility_attrs(config),
     )
-    compiled = triton.compile(
+    return triton.compile(
         source, target=GPUTarget("cuda", arch, 32),
         options={"num_warps": config.num_warps, "num_stages": config.num_stages},
     )
-    return compiled.asm["ptx"], compiled.metadata.shared
 
 
-def expectation_problem(config, arch: int, instructions: set[str], shared: int) -> str | None:
+def resource_usage(cubin: bytes) -> tuple[int, int] | None:
+    """(registers per thread, stack bytes per thread) of a one-kernel cubin, from ``cuobjdump
+    -res-usage``; None where Triton ships no cuobjdump. Stack in a Triton kernel is register spills."""
+    try:
+        from triton import knobs
+
+        tool = knobs.nvidia.cuobjdump.path
+    except (ImportError, AttributeError, RuntimeError):
+        return None
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
+        file.write(cubin)
+        file.flush()
+        output = subprocess.run([tool, "-res-usage", file.name], capture_output=True, text=True, check=True).stdout
+    match = RESOURCE_PATTERN.search(output)
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def inspect_compiled(kernel) -> Compiled:
+    ptx = kernel.asm["ptx"]
+    usage = resource_usage(kernel.asm["cubin"]) or (None, None)
+    return Compiled(
+        instructions=frozenset(TENSOR_CORE_PATTERN.findall(ptx)),
+        shared_bytes=kernel.metadata.shared,
+        copy_widths=frozenset(int(width, 0) for width in ASYNC_COPY_PATTERN.findall(ptx)),
+        registers=usage[0], stack_bytes=usage[1],
+    )
+
+
+def expectation_problem(config, arch: int, compiled: Compiled) -> str | None:
     """Why a compiled configuration breaks its expectation, or None."""
     limit = SHARED_MEMORY_LIMIT.get(arch)
-    if limit is not None and shared > limit:
-        return f"uses {shared} B of shared memory, sm_{arch} allows {limit}"
+    if limit is not None and compiled.shared_bytes > limit:
+        return f"uses {compiled.shared_bytes} B of shared memory, sm_{arch} allows {limit}"
+    if compiled.stack_bytes is not None and compiled.stack_bytes > config.spill_budget:
+        return f"spills {compiled.stack_bytes} B of registers per thread (budget {config.spill_budget} B)"
+    narrow = sorted(w for w in compiled.copy_widths if config.copy_width and w != config.copy_width)
+    if config.copy_width and (narrow or not compiled.copy_widths):
+        found = f"{narrow} B copies" if narrow else "no cp.async"
+        return f"operands should reach shared memory in {config.copy_width} B cp.async, found {found}"
     if not config.uses_dot:
         return None
+    instructions = compiled.instructions
     if config.precision == "fp32":
         return f"fp32 dot compiled to tensor-core {sorted(instructions)}" if instructions else None
     if not instructions:
@@ -82,14 +140,16 @@ def expectation_problem(config, arch: int, instructions: set[str], shared: int) 
 def _check_one(config, arch: int) -> CheckResult:
     result = CheckResult(config.kernel, config.describe(), config.precision, arch, compiled=False)
     try:
-        ptx, shared = compile_config(config, arch)
+        compiled = inspect_compiled(compile_config(config, arch))
     except Exception as error:  # a compile failure of any kind is a finding, not a crash
         message = str(error).strip()
         result.problem = f"compile failed: {type(error).__name__}: {message.splitlines()[0][:200] if message else ''}"
     else:
-        found = set(TENSOR_CORE_PATTERN.findall(ptx))
-        result.compiled, result.instructions, result.shared_bytes = True, tuple(sorted(found)), shared
-        result.problem = expectation_problem(config, arch, found, shared)
+        result.compiled = True
+        result.instructions = tuple(sorted(compiled.instructions))
+        result.shared_bytes, result.copy_widths = compiled.shared_bytes, tuple(sorted(compiled.copy_widths))
+        result.registers, result.stack_bytes = compiled.registers, compiled.stack_bytes
+        result.problem = expectation_problem(config, arch, compiled)
     return result
 
 
@@ -127,10 +187,16 @@ def one_per_kernel(configs) -> list:
 
 
 def format_table(results: list[CheckResult]) -> str:
-    header = ("kernel", "config", "dtype", "arch", "compiled", "tensor-core instructions", "shared B", "problem")
+    header = ("kernel", "config", "dtype", "arch", "compiled", "tensor-core instructions", "cp.async B",
+              "shared B", "regs", "spill B", "problem")
+
+    def number(value):
+        return "-" if value is None else str(value)
+
     rows = [
         (r.kernel, r.config, r.precision, f"sm_{r.arch}", "yes" if r.compiled else "NO",
-         ", ".join(r.instructions) or "-", "-" if r.shared_bytes is None else str(r.shared_bytes), r.problem or "")
+         ", ".join(r.instructions) or "-", ",".join(map(str, r.copy_widths)) or "-", number(r.shared_bytes),
+         number(r.registers), number(r.stack_bytes), r.problem or "")
         for r in results
     ]
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]

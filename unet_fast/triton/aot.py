@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
+# Spilled bytes per thread tolerated by default: a few registers' worth, which compiler versions move around.
+DEFAULT_SPILL_BUDGET = 16
 
 
 @dataclass(frozen=True)
@@ -29,7 +31,13 @@ class KernelConfig:
         num_warps, num_stages: launch options, as in ``triton.Config``.
         aligned_ints: integer arguments to compile as multiples of 16, as Triton's runtime
             specializes them when they are (channel counts and NHWC strides of 16-aligned layers):
-            that is what lets the pipeliner use wide asynchronous copies and more stages.
+            that is what lets the pipeliner use wide asynchronous copies and more stages. (Integer
+            arguments equal to 1, such as a channels_last channel stride, the runtime turns into
+            constants: register those as "constexpr" with the value 1.)
+        spill_budget: bytes per thread of register spills (stack) the compiled kernel may use;
+            more than ``DEFAULT_SPILL_BUDGET`` only where a configuration is worth its spills.
+        copy_width: when set, the bytes that every ``cp.async`` of the kernel must move (16 where
+            every operand row is 16-byte aligned); None for no expectation.
     """
 
     kernel: str
@@ -42,6 +50,8 @@ class KernelConfig:
     num_warps: int = 4
     num_stages: int = 3
     aligned_ints: tuple = ()
+    spill_budget: int = DEFAULT_SPILL_BUDGET
+    copy_width: int | None = None
     label: str = field(default="", compare=False)
 
     def __post_init__(self):

@@ -32,7 +32,7 @@ import triton.language as tl
 
 from unet_fast.ops._backends import autotune_enabled, device_guard, triton_interpreting
 from unet_fast.ops._validation import check_crop
-from unet_fast.triton.aot import KernelConfig, register
+from unet_fast.triton.aot import DEFAULT_SPILL_BUDGET, KernelConfig, register
 
 _TORCH_TO_TRITON = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64"}
 
@@ -312,20 +312,41 @@ def _conv3x3_wgrad_kernel(
 
 
 # --------------------------------------------------------------------------------------------
-# Configurations: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages); at most 4 warps, since
-# Triton convs are reported to miscompile at 8 (inductor caps its conv template at 4).
-# 16-bit operands take BLOCK_K 64; fp32/tf32 operands BLOCK_K 32 to keep the stages in shared memory.
+# Configurations: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages), one list per operand class
+# (``operand_class``), the first being the default; at most 4 warps, since Triton convs are
+# reported to miscompile at 8 (inductor caps its conv template at 4). Each list holds the tiles
+# that keep their registers (``unet_fast.tools.aot_check`` compiles them and reads the spills).
 # --------------------------------------------------------------------------------------------
 
-_GEMM_TILES_16 = ((128, 128, 64, 4, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (64, 64, 64, 4, 4), (128, 64, 16, 4, 4))
-_GEMM_TILES_32 = ((128, 128, 32, 4, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 32, 4, 4), (128, 64, 16, 4, 4))
+_GEMM_TILES = {
+    "16bit": ((128, 128, 64, 4, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (64, 64, 64, 4, 4), (128, 64, 16, 4, 4)),
+    # a 128x128 fp32-operand tile spills hundreds of bytes at 4 warps
+    "tf32": ((128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 32, 4, 4), (128, 64, 16, 4, 4)),
+    # IEEE fp32 dots run on FMA units with both operands in registers: small tiles
+    "ieee": ((64, 64, 16, 4, 3), (64, 32, 32, 4, 3), (32, 64, 32, 4, 3)),
+}
 # wgrad: (BLOCK_CI, BLOCK_CO, BLOCK_M); a 32-row channel tile serves the 1-channel first layer
-_WGRAD_TILES_16 = ((128, 128, 64, 4, 3), (64, 128, 64, 4, 3), (128, 64, 64, 4, 3), (64, 64, 64, 4, 4), (32, 64, 64, 4, 3))
-_WGRAD_TILES_32 = ((128, 128, 32, 4, 3), (64, 128, 32, 4, 3), (128, 64, 32, 4, 3), (64, 64, 32, 4, 4), (32, 64, 32, 4, 3))
-_POOL_GRAD_BLOCK = {"BLOCK_W": 64, "BLOCK_C": 64}
+_WGRAD_TILES = {
+    "16bit": ((128, 128, 64, 4, 3), (64, 128, 64, 4, 3), (128, 64, 64, 4, 3), (64, 64, 64, 4, 4), (32, 64, 64, 4, 3)),
+    "tf32": ((64, 128, 32, 4, 3), (128, 64, 32, 4, 3), (64, 64, 32, 4, 4), (32, 64, 32, 4, 3)),
+    "ieee": ((64, 64, 16, 4, 3), (64, 32, 32, 4, 3), (32, 64, 32, 4, 3)),
+}
+# 16-bit 128-row tiles hold a 128-row fp32 accumulator in 4 warps: the reshape of the pool epilogue
+# and sm_80's mma.sync fragments spill up to about 200 B per thread (to L1), which these tiles are
+# worth; every other configuration keeps to the default budget.
+_WIDE_TILE_SPILL_BUDGET = 256
+# (windows, channels) per program of the pool-gradient pass: 8 elements per thread, 128-byte rows
+_POOL_GRAD_BLOCK = {"BLOCK_W": 16, "BLOCK_C": 64}
 # the interpreter runs one program at a time in numpy: few, moderately sized programs are fastest
 _INTERPRETER_GEMM = {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 16}
 _INTERPRETER_WGRAD = {"BLOCK_CI": 32, "BLOCK_CO": 32, "BLOCK_M": 64}
+
+
+def operand_class(dtype: torch.dtype, input_precision: str) -> str:
+    """Which tile list serves a dot: "16bit" (fp16/bf16 operands), "tf32" or "ieee" (fp32 operands)."""
+    if dtype in (torch.float16, torch.bfloat16):
+        return "16bit"
+    return "tf32" if input_precision == "tf32" else "ieee"
 
 
 def _gemm_configs(tiles, names):
@@ -343,43 +364,40 @@ _WGRAD_NAMES = ("BLOCK_CI", "BLOCK_CO", "BLOCK_M")
 _FWD_KEY = ["M", "C0", "C1", "C_OUT", "HAS_SKIP", "POOL", "INPUT_PRECISION"]
 _DGRAD_KEY = ["M_IN", "C0", "C1", "C_OUT", "C_LO", "C_HI", "MASK_RELU", "INPUT_PRECISION"]
 _WGRAD_KEY = ["M", "C0", "C1", "C_OUT", "M_PER_SPLIT", "MASK_RELU", "INPUT_PRECISION"]
-# one autotuner per operand width, since the tile lists differ (the autotuner also keys on dtypes)
+# one autotuner per operand class, since the tile lists differ (the autotuner also keys on dtypes)
 _TUNED = {
-    wide: {
-        "fwd": _autotuned(_conv3x3_fwd_kernel, tiles, _GEMM_NAMES, _FWD_KEY),
-        "dgrad": _autotuned(_conv3x3_dgrad_kernel, tiles, _GEMM_NAMES, _DGRAD_KEY),
-        "wgrad": _autotuned(_conv3x3_wgrad_kernel, wtiles, _WGRAD_NAMES, _WGRAD_KEY),
+    klass: {
+        "fwd": _autotuned(_conv3x3_fwd_kernel, _GEMM_TILES[klass], _GEMM_NAMES, _FWD_KEY),
+        "dgrad": _autotuned(_conv3x3_dgrad_kernel, _GEMM_TILES[klass], _GEMM_NAMES, _DGRAD_KEY),
+        "wgrad": _autotuned(_conv3x3_wgrad_kernel, _WGRAD_TILES[klass], _WGRAD_NAMES, _WGRAD_KEY),
     }
-    for wide, tiles, wtiles in ((False, _GEMM_TILES_16, _WGRAD_TILES_16), (True, _GEMM_TILES_32, _WGRAD_TILES_32))
+    for klass in _GEMM_TILES
 }
 _RAW = {"fwd": _conv3x3_fwd_kernel, "dgrad": _conv3x3_dgrad_kernel, "wgrad": _conv3x3_wgrad_kernel}
 
 
-def _is_wide(dtype: torch.dtype) -> bool:
-    return dtype != torch.float16 and dtype != torch.bfloat16
-
-
-def fixed_config(name: str, dtype: torch.dtype) -> dict | None:
-    """The launch configuration of kernel ``name`` ("fwd", "dgrad" or "wgrad") when it is not
-    autotuned: one interpreter tile under TRITON_INTERPRET=1 (no timing there), the first (default)
-    configuration of the tuned list when UNET_FAST_AUTOTUNE=0; None means autotune."""
+def fixed_config(name: str, klass: str) -> dict | None:
+    """The launch configuration of kernel ``name`` ("fwd", "dgrad" or "wgrad") for operand class
+    ``klass`` when it is not autotuned: one interpreter tile under TRITON_INTERPRET=1 (no timing
+    there), the first (default) configuration of the class's list when UNET_FAST_AUTOTUNE=0; None
+    means autotune."""
     if triton_interpreting():
         return dict(_INTERPRETER_WGRAD if name == "wgrad" else _INTERPRETER_GEMM)
     if autotune_enabled():
         return None
-    gemm_tiles, wgrad_tiles = (_GEMM_TILES_32, _WGRAD_TILES_32) if _is_wide(dtype) else (_GEMM_TILES_16, _WGRAD_TILES_16)
-    tile = (wgrad_tiles if name == "wgrad" else gemm_tiles)[0]
+    tile = (_WGRAD_TILES if name == "wgrad" else _GEMM_TILES)[klass][0]
     names = _WGRAD_NAMES if name == "wgrad" else _GEMM_NAMES
     return {**dict(zip(names, tile[:3])), "num_warps": tile[3], "num_stages": tile[4]}
 
 
-def _launch(name: str, dtype: torch.dtype, grid, *args, **constexprs) -> None:
+def _launch(name: str, dtype: torch.dtype, grid, *args, INPUT_PRECISION: str, **constexprs) -> None:
     """Runs a GEMM kernel: autotuned on a GPU, else with ``fixed_config``."""
-    config = fixed_config(name, dtype)
+    klass = operand_class(dtype, INPUT_PRECISION)
+    config = fixed_config(name, klass)
     if config is None:
-        _TUNED[_is_wide(dtype)][name][grid](*args, **constexprs)
+        _TUNED[klass][name][grid](*args, INPUT_PRECISION=INPUT_PRECISION, **constexprs)
     else:
-        _RAW[name][grid(config)](*args, **constexprs, **config)
+        _RAW[name][grid(config)](*args, INPUT_PRECISION=INPUT_PRECISION, **constexprs, **config)
 
 
 def _input_precision(dtype: torch.dtype, allow_tf32: bool) -> str:
@@ -639,6 +657,7 @@ def _backward(grad_y, grad_pooled, x, skip, weight, y, relu, pool, needs_input_g
 
 # precision -> (element type of every tensor, INPUT_PRECISION of the dots)
 _AOT_PRECISIONS = {"fp16": ("fp16", "ieee"), "bf16": ("bf16", "ieee"), "tf32": ("fp32", "tf32"), "fp32": ("fp32", "ieee")}
+_AOT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def _aot_signature(fn, element: str, fp32_pointers=()) -> dict:
@@ -655,39 +674,46 @@ def _aot_signature(fn, element: str, fp32_pointers=()) -> dict:
     return signature
 
 
+def _aligned_ints(signature: dict) -> tuple:
+    # every layer but the first has channel counts (and so NHWC strides) that are multiples of 16
+    return tuple(n for n, kind in signature.items() if kind == "i32" and n[0] in "sC")
+
+
 def _register_configs() -> None:
     kernels = (
-        # name, fn, tile names, 16-bit tiles, 32-bit tiles, flag sets (first = the main one), fp32 pointers
-        ("conv3x3_fwd", _conv3x3_fwd_kernel, _GEMM_NAMES, _GEMM_TILES_16, _GEMM_TILES_32,
+        # name, fn, tile names, tile lists, flag sets (first = the main one), fp32 pointers
+        ("conv3x3_fwd", _conv3x3_fwd_kernel, _GEMM_NAMES, _GEMM_TILES,
          ({"HAS_SKIP": True, "HAS_BIAS": True, "RELU": True, "POOL": True},
           {"HAS_SKIP": False, "HAS_BIAS": True, "RELU": True, "POOL": False}), ()),
-        ("conv3x3_dgrad", _conv3x3_dgrad_kernel, _GEMM_NAMES, _GEMM_TILES_16, _GEMM_TILES_32,
+        ("conv3x3_dgrad", _conv3x3_dgrad_kernel, _GEMM_NAMES, _GEMM_TILES,
          ({"HAS_SKIP": True, "MASK_RELU": True}, {"HAS_SKIP": False, "MASK_RELU": False}), ()),
-        ("conv3x3_wgrad", _conv3x3_wgrad_kernel, _WGRAD_NAMES, _WGRAD_TILES_16, _WGRAD_TILES_32,
+        ("conv3x3_wgrad", _conv3x3_wgrad_kernel, _WGRAD_NAMES, _WGRAD_TILES,
          ({"HAS_SKIP": True, "MASK_RELU": True, "BIAS_GRAD": True},
           {"HAS_SKIP": False, "MASK_RELU": False, "BIAS_GRAD": False}), ("grad_w_ptr", "grad_b_ptr")),
     )
     for precision, (element, input_precision) in _AOT_PRECISIONS.items():
-        for name, fn, tile_names, tiles_16, tiles_32, flag_sets, fp32_pointers in kernels:
-            tiles = tiles_16 if element != "fp32" else tiles_32
+        klass = operand_class(_AOT_DTYPES[element], input_precision)
+        for name, fn, tile_names, tile_lists, flag_sets, fp32_pointers in kernels:
+            tiles = tile_lists[klass]
             signature = _aot_signature(fn, element, fp32_pointers)
-            # every layer but the first has channel counts (and so NHWC strides) that are multiples of 16
-            aligned_ints = tuple(n for n, kind in signature.items() if kind == "i32" and n[0] in "sC")
             variants = [(tile, flag_sets[0]) for tile in tiles] + [(tiles[0], flags) for flags in flag_sets[1:]]
             for tile, flags in variants:
                 constexprs = {**dict(zip(tile_names, tile[:3])), **flags, "INPUT_PRECISION": input_precision}
                 register(KernelConfig(
                     kernel=name, fn=fn, signature=signature, constexprs=constexprs, precision=precision,
-                    block_m=tile[0], num_warps=tile[3], num_stages=tile[4], aligned_ints=aligned_ints,
+                    block_m=tile[0], num_warps=tile[3], num_stages=tile[4], aligned_ints=_aligned_ints(signature),
+                    spill_budget=_WIDE_TILE_SPILL_BUDGET if klass == "16bit" and tile[0] >= 128 else DEFAULT_SPILL_BUDGET,
+                    # sm_90's tf32 wgmma wants K-major operands: the N-major ones arrive in 4-byte copies
+                    copy_width=None if klass == "tf32" else 16,
                     label=" ".join(f"{k}={v}" for k, v in constexprs.items() if k != "INPUT_PRECISION")
                     + f" w={tile[3]} s={tile[4]}",
                 ))
         if precision != "tf32":  # the pool-gradient pass has no dot: one entry per element type
+            signature = _aot_signature(_pool_relu_grad_kernel, element)
             register(KernelConfig(
-                kernel="conv3x3_pool_relu_grad", fn=_pool_relu_grad_kernel,
-                signature=_aot_signature(_pool_relu_grad_kernel, element),
+                kernel="conv3x3_pool_relu_grad", fn=_pool_relu_grad_kernel, signature=signature,
                 constexprs={"HAS_GRAD_Y": True, "RELU": True, **_POOL_GRAD_BLOCK}, precision=precision,
-                uses_dot=False, num_warps=4, num_stages=1,
+                uses_dot=False, num_warps=4, num_stages=1, aligned_ints=_aligned_ints(signature),
             ))
 
 

@@ -122,12 +122,33 @@ def pixel_gemm_wgrad_kernel(
     tl.store(out, acc, mask=mask_r[:, None] & mask_q[None, :])
 
 
-# Launch configurations. One fixed tile per kernel keeps the ahead-of-time check exhaustive; the
-# small-M tile serves the deep, small feature maps (and keeps the interpreter fast).
-GEMM_TILES = {"large": dict(BLOCK_M=128, BLOCK_Q=64, BLOCK_K=32), "small": dict(BLOCK_M=64, BLOCK_Q=64, BLOCK_K=32)}
-WGRAD_TILE = dict(BLOCK_R=64, BLOCK_Q=64, BLOCK_M=32)
+# Launch configurations. Fixed tiles keep the ahead-of-time check exhaustive. With tensor-core dots
+# (fp16, bf16, tf32) the 128-row tile serves large maps whose channels are contiguous and whose
+# depth and column count are multiples of 16; the 64-row tile serves the deep, small maps and every other
+# layout, where the 128-row tile's element-wise addresses spill registers. IEEE fp32 dots run on
+# FMA units with both operands in registers and take a smaller tile.
+GEMM_TILES = {
+    "large": dict(BLOCK_M=128, BLOCK_Q=64, BLOCK_K=32),
+    "small": dict(BLOCK_M=64, BLOCK_Q=64, BLOCK_K=32),
+    "fp32": dict(BLOCK_M=64, BLOCK_Q=32, BLOCK_K=16),
+}
+WGRAD_TILES = {"tensor-core": dict(BLOCK_R=64, BLOCK_Q=64, BLOCK_M=32), "fp32": dict(BLOCK_R=64, BLOCK_Q=32, BLOCK_M=32)}
 NUM_WARPS = 4
 NUM_STAGES = 3
+
+
+def _on_fma_units(dtype: torch.dtype, dot_precision: str) -> bool:
+    return dtype == torch.float32 and dot_precision != "tf32"
+
+
+def gemm_tile_name(rows: int, depth: int, cols: int, channels_contiguous: bool, dtype: torch.dtype,
+                   dot_precision: str) -> str:
+    """The ``GEMM_TILES`` entry for an [rows, depth] @ [depth, cols] product."""
+    if _on_fma_units(dtype, dot_precision):
+        return "fp32"
+    aligned = depth % 16 == 0 and cols % 16 == 0
+    return "large" if rows >= 8192 and channels_contiguous and aligned else "small"
+
 
 # Split the M reduction of the weight gradient so that about this many programs run at once.
 WGRAD_TARGET_PROGRAMS = 512
@@ -157,7 +178,8 @@ def pixel_gemm(a: torch.Tensor, a_scale: int, b: torch.Tensor, out: torch.Tensor
     rows = a.shape[0] * height * width
     depth, cols = a.shape[1] * a_scale**2, out.shape[1] * out_scale**2
     check_pixels(rows)
-    tile = GEMM_TILES["large" if rows >= 8192 else "small"]
+    channels_contiguous = a.stride(1) == 1 and out.stride(1) == 1
+    tile = GEMM_TILES[gemm_tile_name(rows, depth, cols, channels_contiguous, a.dtype, dot_precision)]
     grid = (triton.cdiv(rows, tile["BLOCK_M"]), triton.cdiv(cols, tile["BLOCK_Q"]))
     with device_guard(a):
         pixel_gemm_kernel[grid](
@@ -178,52 +200,94 @@ def pixel_gemm_wgrad(a: torch.Tensor, a_scale: int, g: torch.Tensor, g_scale: in
     rows = a.shape[0] * height * width
     check_pixels(rows)
     out_rows, out_cols = a.shape[1] * a_scale**2, g.shape[1] * g_scale**2
-    tiles = triton.cdiv(out_rows, WGRAD_TILE["BLOCK_R"]) * triton.cdiv(out_cols, WGRAD_TILE["BLOCK_Q"])
-    splits = max(1, min(triton.cdiv(rows, 4 * WGRAD_TILE["BLOCK_M"]), triton.cdiv(WGRAD_TARGET_PROGRAMS, tiles)))
-    rows_per_split = triton.cdiv(triton.cdiv(rows, splits), WGRAD_TILE["BLOCK_M"]) * WGRAD_TILE["BLOCK_M"]
+    tile = WGRAD_TILES["fp32" if _on_fma_units(a.dtype, dot_precision) else "tensor-core"]
+    tiles = triton.cdiv(out_rows, tile["BLOCK_R"]) * triton.cdiv(out_cols, tile["BLOCK_Q"])
+    splits = max(1, min(triton.cdiv(rows, 4 * tile["BLOCK_M"]), triton.cdiv(WGRAD_TARGET_PROGRAMS, tiles)))
+    rows_per_split = triton.cdiv(triton.cdiv(rows, splits), tile["BLOCK_M"]) * tile["BLOCK_M"]
     splits = triton.cdiv(rows, rows_per_split)
     partial = torch.empty((splits, out_rows, out_cols), device=a.device, dtype=torch.float32)
-    grid = (triton.cdiv(out_rows, WGRAD_TILE["BLOCK_R"]), triton.cdiv(out_cols, WGRAD_TILE["BLOCK_Q"]), splits)
+    grid = (triton.cdiv(out_rows, tile["BLOCK_R"]), triton.cdiv(out_cols, tile["BLOCK_Q"]), splits)
     with device_guard(a):
         pixel_gemm_wgrad_kernel[grid](
             a, g, partial, rows, height, width, out_rows, out_cols, rows_per_split,
             a.shape[1], *a.stride(), g.shape[1], *g.stride(),
             A_SCALE=a_scale, G_SCALE=g_scale, DOT_PRECISION=dot_precision,
-            num_warps=NUM_WARPS, num_stages=NUM_STAGES, **WGRAD_TILE,
+            num_warps=NUM_WARPS, num_stages=NUM_STAGES, **tile,
         )
     return partial.sum(0)
 
 
 _TRITON_TYPE = {"fp32": "*fp32", "tf32": "*fp32", "fp16": "*fp16", "bf16": "*bf16"}
+_GEMM_INTS = ("M", "H", "W", "K", "Q", "A_C", "a_sn", "a_sc", "a_sh", "a_sw", "b_sk", "b_sq",
+              "OUT_C", "o_sn", "o_sc", "o_sh", "o_sw")
+_WGRAD_INTS = ("M", "H", "W", "R", "Q", "ROWS_PER_SPLIT", "A_C", "a_sn", "a_sc", "a_sh", "a_sw",
+               "G_C", "g_sn", "g_sc", "g_sh", "g_sw")
+_A_SIDE = ("K", "A_C", "a_sn", "a_sh", "a_sw")
+_OUT_SIDE = ("Q", "OUT_C", "o_sn", "o_sh", "o_sw")
+# How the ops call the kernels on channels_last tensors, as Triton's runtime specializes them:
+# (label, A_SCALE, OUT_SCALE, HAS_BIAS, integer arguments equal to 1 (compiled as constants),
+# integer arguments that are multiples of 16, whether every operand row is 16-byte aligned). The
+# 1x1 conv's num_classes side is not aligned.
+_GEMM_CALLS = (
+    ("up-conv forward", 1, 2, True, ("a_sc", "o_sc", "b_sq"), (*_A_SIDE, *_OUT_SIDE, "b_sk"), True),
+    ("up-conv input grad", 2, 1, False, ("a_sc", "o_sc", "b_sk"), (*_A_SIDE, *_OUT_SIDE, "b_sq"), True),
+    ("1x1 forward", 1, 1, True, ("a_sc", "o_sc", "b_sk"), (*_A_SIDE, "b_sq"), True),
+    ("1x1 input grad", 1, 1, False, ("a_sc", "o_sc", "b_sq"), (*_OUT_SIDE, "b_sk"), False),
+)
+_WGRAD_CALLS = (
+    ("up-conv weight grad", 1, 2, ("a_sc", "g_sc"),
+     ("R", "Q", "A_C", "a_sn", "a_sh", "a_sw", "G_C", "g_sn", "g_sh", "g_sw"), True),
+    ("1x1 weight grad", 1, 1, ("a_sc", "g_sc"), ("Q", "G_C", "g_sn", "g_sh", "g_sw"), False),
+)
+
+
+def _specialized(int_names, pointers: dict, unit_ints, aligned, constexprs: dict) -> dict:
+    """KernelConfig fields for one specialization: ints equal to 1 become constexprs."""
+    signature = {**pointers, **{n: "constexpr" if n in unit_ints else "i32" for n in int_names},
+                 **{n: "constexpr" for n in constexprs}}
+    return dict(signature=signature, constexprs={**constexprs, **{n: 1 for n in unit_ints}}, aligned_ints=tuple(aligned))
+
+
+def _gemm_tiles_of(precision: str, aligned: tuple) -> tuple:
+    """The GEMM_TILES entries a call may run with on channels_last tensors (``gemm_tile_name``)."""
+    if precision == "fp32":
+        return ("fp32",)
+    return ("large", "small") if "K" in aligned and "Q" in aligned else ("small",)
 
 
 def _register_configs() -> None:
-    # (A_SCALE, OUT_SCALE, HAS_BIAS): up-conv forward, up-conv input gradient, 1x1 forward, 1x1 input gradient.
-    gemm_variants = ((1, 2, True), (2, 1, False), (1, 1, True), (1, 1, False))
-    int_args = ("M", "H", "W", "K", "Q", "A_C", "a_sn", "a_sc", "a_sh", "a_sw", "b_sk", "b_sq",
-                "OUT_C", "o_sn", "o_sc", "o_sh", "o_sw")
-    wgrad_int_args = ("M", "H", "W", "R", "Q", "ROWS_PER_SPLIT", "A_C", "a_sn", "a_sc", "a_sh", "a_sw",
-                      "G_C", "g_sn", "g_sc", "g_sh", "g_sw")
     for precision, pointer in _TRITON_TYPE.items():
         dot = "tf32" if precision == "tf32" else "ieee"
-        for a_scale, out_scale, has_bias in gemm_variants:
-            for tile_name, tile in GEMM_TILES.items():
-                constexprs = dict(A_SCALE=a_scale, OUT_SCALE=out_scale, HAS_BIAS=has_bias, DOT_PRECISION=dot, **tile)
-                signature = {"a_ptr": pointer, "b_ptr": pointer, "bias_ptr": pointer, "out_ptr": pointer,
-                             **{name: "i32" for name in int_args}, **{name: "constexpr" for name in constexprs}}
+        dtype = torch.float32 if precision in ("fp32", "tf32") else torch.float16
+        gemm_pointers = {"a_ptr": pointer, "b_ptr": pointer, "bias_ptr": pointer, "out_ptr": pointer}
+        for label, a_scale, out_scale, has_bias, unit_ints, aligned, operands_aligned in _GEMM_CALLS:
+            flags = dict(A_SCALE=a_scale, OUT_SCALE=out_scale, HAS_BIAS=has_bias, DOT_PRECISION=dot)
+            # sm_90's tf32 wgmma takes transposed fp32 operands in 4-byte copies
+            copy_width = 16 if operands_aligned and precision != "tf32" else None
+            for tile_name in _gemm_tiles_of(precision, aligned):
+                tile = GEMM_TILES[tile_name]
                 register(KernelConfig(
-                    kernel="pixel_gemm", fn=pixel_gemm_kernel, signature=signature, constexprs=constexprs,
-                    precision=precision, block_m=tile["BLOCK_M"], num_warps=NUM_WARPS, num_stages=NUM_STAGES,
-                    label=f"scale {a_scale}->{out_scale}{' +bias' if has_bias else ''} {tile_name}",
+                    kernel="pixel_gemm", fn=pixel_gemm_kernel, precision=precision, block_m=tile["BLOCK_M"],
+                    num_warps=NUM_WARPS, num_stages=NUM_STAGES, copy_width=copy_width, label=f"{label} {tile_name}",
+                    **_specialized(_GEMM_INTS, gemm_pointers, unit_ints, aligned, {**flags, **tile}),
                 ))
-        for a_scale, g_scale in ((1, 2), (1, 1)):
-            constexprs = dict(A_SCALE=a_scale, G_SCALE=g_scale, DOT_PRECISION=dot, **WGRAD_TILE)
-            signature = {"a_ptr": pointer, "g_ptr": pointer, "partial_ptr": "*fp32",
-                         **{name: "i32" for name in wgrad_int_args}, **{name: "constexpr" for name in constexprs}}
+            # any other layout (e.g. NCHW), with every stride a runtime value
+            tile_name = gemm_tile_name(0, 0, 0, False, dtype, dot)
             register(KernelConfig(
-                kernel="pixel_gemm_wgrad", fn=pixel_gemm_wgrad_kernel, signature=signature, constexprs=constexprs,
-                precision=precision, block_m=WGRAD_TILE["BLOCK_R"], num_warps=NUM_WARPS, num_stages=NUM_STAGES,
-                label=f"scales {a_scale},{g_scale}",
+                kernel="pixel_gemm", fn=pixel_gemm_kernel, precision=precision,
+                block_m=GEMM_TILES[tile_name]["BLOCK_M"], num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+                label=f"{label} {tile_name}, any strides",
+                **_specialized(_GEMM_INTS, gemm_pointers, (), (), {**flags, **GEMM_TILES[tile_name]}),
+            ))
+        wgrad_pointers = {"a_ptr": pointer, "g_ptr": pointer, "partial_ptr": "*fp32"}
+        tile = WGRAD_TILES["fp32" if precision == "fp32" else "tensor-core"]
+        for label, a_scale, g_scale, unit_ints, aligned, operands_aligned in _WGRAD_CALLS:
+            flags = dict(A_SCALE=a_scale, G_SCALE=g_scale, DOT_PRECISION=dot, **tile)
+            register(KernelConfig(
+                kernel="pixel_gemm_wgrad", fn=pixel_gemm_wgrad_kernel, precision=precision,
+                block_m=tile["BLOCK_R"], num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+                copy_width=16 if operands_aligned and precision != "tf32" else None,
+                label=label, **_specialized(_WGRAD_INTS, wgrad_pointers, unit_ints, aligned, flags),
             ))
 
 
