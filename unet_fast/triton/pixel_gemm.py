@@ -124,9 +124,9 @@ def pixel_gemm_wgrad_kernel(
 
 # Launch configurations. Fixed tiles keep the ahead-of-time check exhaustive. With tensor-core dots
 # (fp16, bf16, tf32) the 128-row tile serves large maps whose channels are contiguous and whose
-# depth and column count are multiples of 16; the 64-row tile serves the deep, small maps and every other
-# layout, where the 128-row tile's element-wise addresses spill registers. IEEE fp32 dots run on
-# FMA units with both operands in registers and take a smaller tile.
+# depth and column count are multiples of 16; the 64-row tile serves the deep, small maps and
+# every other layout, where the 128-row tile's element-wise addresses spill registers. IEEE fp32
+# dots run on FMA units with both operands in registers and take a smaller tile.
 GEMM_TILES = {
     "large": dict(BLOCK_M=128, BLOCK_Q=64, BLOCK_K=32),
     "small": dict(BLOCK_M=64, BLOCK_Q=64, BLOCK_K=32),
