@@ -55,3 +55,36 @@ def test_extension_built_for_another_torch_is_refused(monkeypatch):
     monkeypatch.setattr(_ext, "_LOAD_ERROR", error)
     with pytest.raises(ImportError, match="built against torch 0.0.1.*Rebuild"):
         _ext.require_extension()
+
+
+def test_cuda_kernels_are_built_for_every_arch_and_keep_to_their_registers():
+    """cuobjdump -res-usage on the extension: each CUDA kernel has code for every architecture of
+    the build, none spills registers to the stack except the fp64 instantiations (not a speed path;
+    Itanium-mangled template arguments start with I, and d is double)."""
+    from unet_fast.tools.aot_check import cuobjdump_path
+
+    info = unet_fast.build_info()
+    tool = cuobjdump_path()
+    if not info["cuda_kernels"] or tool is None:
+        pytest.skip("the extension has no CUDA kernels, or Triton ships no cuobjdump")
+    from unet_fast import _C
+
+    listing = subprocess.run([tool, "-res-usage", _C.__file__], capture_output=True, text=True, check=True).stdout
+    archs_of, arch, function = {}, None, None
+    for line in listing.splitlines():
+        line = line.strip()
+        if line.startswith("arch = sm_"):
+            arch = line.removeprefix("arch = sm_")
+        elif line.startswith("Function "):
+            function = line.removeprefix("Function ").rstrip(":")
+            archs_of.setdefault(function, set()).add(arch)
+        elif line.startswith("REG:"):
+            registers, stack = (int(field.split(":")[1]) for field in line.split()[:2])
+            assert registers <= 255
+            if "kernelId" not in function:
+                assert stack == 0, f"{function} spills {stack} B per thread on sm_{arch}"
+    wanted = {a.replace(".", "") for a in info["cuda_archs"]}
+    kernels = {name for name in archs_of if "crop_concat_kernel" in name or "warp_kernel" in name}
+    assert {"crop_concat", "warp"} <= {("crop_concat" if "crop_concat" in k else "warp") for k in kernels}
+    for name in kernels:
+        assert archs_of[name] == wanted, (name, archs_of[name], wanted)

@@ -85,14 +85,21 @@ def compile_config(config, arch: int):
     )
 
 
-def resource_usage(cubin: bytes) -> tuple[int, int] | None:
-    """(registers per thread, stack bytes per thread) of a one-kernel cubin, from ``cuobjdump
-    -res-usage``; None where Triton ships no cuobjdump. Stack in a Triton kernel is register spills."""
+def cuobjdump_path() -> str | None:
+    """The ``cuobjdump`` that ships with Triton, or None."""
     try:
         from triton import knobs
 
-        tool = knobs.nvidia.cuobjdump.path
+        return knobs.nvidia.cuobjdump.path
     except (ImportError, AttributeError, RuntimeError):
+        return None
+
+
+def resource_usage(cubin: bytes) -> tuple[int, int] | None:
+    """(registers per thread, stack bytes per thread) of a one-kernel cubin, from ``cuobjdump
+    -res-usage``; None where Triton ships no cuobjdump. Stack in a Triton kernel is register spills."""
+    tool = cuobjdump_path()
+    if tool is None:
         return None
     with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
         file.write(cubin)
