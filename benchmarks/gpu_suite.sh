@@ -7,9 +7,12 @@
 #   stamp       (run where .git exists, before copying the tree) writes COMMIT with `git rev-parse
 #               HEAD` (+ "-dirty"), so that results name their commit on a machine without .git
 #   build       only builds unet_fast._C in place for this GPU's architecture
-#   test        pytest tests/ on the GPU (GPU-marked tests and the rest but "slow"), then compute-sanitizer
-#               memcheck on the GPU tests of the CUDA kernels (center_crop_concat, elastic_warp);
-#               a recorded skip where compute-sanitizer is missing or does not support the device
+#   test        pytest on the GPU with UNET_FAST_AUTOTUNE=0 (each Triton kernel compiles its default
+#               tile once instead of timing every tile; a sweep test runs the other tiles): first the
+#               GPU-marked tests, then compute-sanitizer memcheck on the GPU tests of the CUDA kernels
+#               (center_crop_concat, elastic_warp; a recorded skip where compute-sanitizer is missing
+#               or does not support the device), then the rest of tests/ but "slow" (the Triton kernel
+#               tests, which run on CUDA here) in the time left
 #   bench       the benchmark suite (torch.compile in its default mode), model cases only
 #   bench-ops   the op-level benchmark scripts (benchmarks/bench_*.py) through the suite
 #   bench-full  the suite with torch.compile mode max-autotune, paper model at batch 8
@@ -31,7 +34,7 @@ OUTDIR=${2:-}
 shift 2 2>/dev/null || shift $#
 SUITE_OPTIONS=("$@")
 if [[ -z "$STAGE" || ( -z "$OUTDIR" && "$STAGE" != stamp ) ]]; then
-  sed -n '2,28p' "$0" >&2
+  sed -n '2,29p' "$0" >&2
   exit 2
 fi
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -108,10 +111,10 @@ case "$STAGE" in
   build) ;;
   test)
     failed=0
-    # pytest gets what the deadline leaves after reserving 150 s for memcheck; the slow CPU-only
-    # training test runs in CI and would only spend GPU time here.
-    step pytest timeout "$(( $(left 240) - 150 ))" "$PYTHON" -m pytest -q -rs -p no:cacheprovider -m "not slow" tests \
-      --junitxml "$OUTDIR/pytest.xml" || failed=1
+    # Autotuning would compile and time every tile of every kernel for every test shape: minutes.
+    export UNET_FAST_AUTOTUNE=0
+    step pytest-gpu timeout "$(left 60)" "$PYTHON" -m pytest -q -rs -p no:cacheprovider -m gpu tests \
+      --junitxml "$OUTDIR/pytest-gpu.xml" || failed=1
     SANITIZER=$(command -v compute-sanitizer || ls "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer" 2>/dev/null)
     if [[ -n "$SANITIZER" ]]; then
       kernel_tests=(tests/ops/test_crop_concat.py)
@@ -132,6 +135,9 @@ case "$STAGE" in
     else
       record_skip memcheck "compute-sanitizer not found on PATH or in ${CUDA_HOME:-/usr/local/cuda}/bin"
     fi
+    # the slow CPU-only training test runs in CI and would only spend GPU time here
+    step pytest-rest timeout "$(left 30)" "$PYTHON" -m pytest -q -rs -p no:cacheprovider -m "not gpu and not slow" \
+      tests --junitxml "$OUTDIR/pytest-rest.xml" || failed=1
     exit $failed
     ;;
   bench)

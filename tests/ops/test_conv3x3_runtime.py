@@ -146,6 +146,65 @@ def test_tensors_on_a_second_gpu_while_the_first_is_current():
     assert torch.cuda.current_device() == 0
 
 
+# --- every autotune configuration --------------------------------------------------------------------------
+
+# (dtype, TF32 allowed, tolerance relative to the largest magnitude): the sweep looks for miscompiled
+# tiles, whose results are wrong by O(1), not for the last bit (other tests bound the error).
+_TILE_SWEEP = [(torch.float16, False, 2e-2), (torch.bfloat16, False, 8e-2), (torch.float32, True, 1e-2),
+               (torch.float32, False, 1e-4)]
+
+
+def _exact_conv_and_grads(inputs, y, grad_y, grad_pooled):
+    """Float64 outputs (y, pooled) of relu(conv(cat(crop(skip), x))) and its input gradients, with the
+    ReLU mask and the pool's argmax taken from the fused op's own y: where rounding decides a mask or a
+    window's maximum, the reference follows the op instead of failing it."""
+    exact = {k: t.detach().double().cpu().requires_grad_() for k, t in inputs.items()}
+    x, skip = exact["x"], exact["skip"]
+    top, left = (skip.shape[2] - x.shape[2]) // 2, (skip.shape[3] - x.shape[3]) // 2
+    cropped = skip[:, :, top : top + x.shape[2], left : left + x.shape[3]]
+    pre = F.conv2d(torch.cat([cropped, x], 1), exact["weight"], exact["bias"])
+    fused_y = y.detach().double().cpu()
+    _, argmax = F.max_pool2d(fused_y, 2, return_indices=True)
+    g = grad_y.double().cpu() + F.max_unpool2d(grad_pooled.double().cpu(), argmax, 2, output_size=fused_y.shape[-2:])
+    grads = torch.autograd.grad(pre, list(exact.values()), g * (fused_y > 0))
+    out = F.relu(pre).detach()
+    return (out, F.max_pool2d(out, 2)), dict(zip(exact, grads))
+
+
+@pytest.mark.parametrize("dtype,tf32,tolerance", _TILE_SWEEP, ids=["fp16", "bf16", "tf32", "fp32"])
+@pytest.mark.parametrize("channels", [(32, 32, 64), (24, 40, 48)], ids=["aligned", "unaligned"])
+def test_every_autotune_tile_computes_the_conv_and_its_gradients(triton_device, dtype, tf32, tolerance, channels,
+                                                                 monkeypatch):
+    """GPU tests run with UNET_FAST_AUTOTUNE=0, i.e. the first tile of each list; the autotuner may
+    pick any other. Each tile, forced in turn on forward, dgrad and wgrad, against float64 PyTorch: on
+    a GPU that compiles each one; in the interpreter it checks each tile's edge masks."""
+    if triton_device == "cpu" and dtype == torch.bfloat16:
+        pytest.skip("the Triton interpreter computes bf16 wrongly")
+    c0, c1, c_out = channels
+    klass = conv_kernels.operand_class(dtype, "tf32" if tf32 else "ieee")
+    gemm_tiles, wgrad_tiles = conv_kernels._GEMM_TILES[klass], conv_kernels._WGRAD_TILES[klass]
+    monkeypatch.setattr(conv_module, "conv_allows_tf32", lambda: tf32)
+    inputs = make_inputs(2, c0, c1, c_out, 14, 14, (4, 4), True, dtype, triton_device)
+    generator = torch.Generator().manual_seed(3)
+    grad_y = torch.randn(2, c_out, 12, 12, generator=generator).to(dtype=dtype, device=triton_device)
+    grad_pooled = torch.randn(2, c_out, 6, 6, generator=generator).to(dtype=dtype, device=triton_device)
+    for gemm_tile, wgrad_tile in zip(gemm_tiles, wgrad_tiles):
+        def forced(name, klass_, gemm_tile=gemm_tile, wgrad_tile=wgrad_tile):
+            tile, names = (wgrad_tile, conv_kernels._WGRAD_NAMES) if name == "wgrad" else (gemm_tile, conv_kernels._GEMM_NAMES)
+            return {**dict(zip(names, tile[:3])), "num_warps": tile[3], "num_stages": tile[4]}
+
+        monkeypatch.setattr(conv_kernels, "fixed_config", forced)
+        y, pooled = conv3x3_relu(inputs["x"], inputs["weight"], inputs["bias"], skip=inputs["skip"], pool=True,
+                                 backend="triton")
+        grads = dict(zip(inputs, torch.autograd.grad((y, pooled), list(inputs.values()), (grad_y, grad_pooled))))
+        exact_out, exact_grads = _exact_conv_and_grads(inputs, y, grad_y, grad_pooled)
+        for name, fused, exact in [("y", y, exact_out[0]), ("pooled", pooled, exact_out[1]),
+                                   *((name, grads[name], exact_grads[name]) for name in grads)]:
+            atol = tolerance * exact.abs().max().item()
+            torch.testing.assert_close(fused.double().cpu(), exact, atol=atol, rtol=0,
+                                       msg=lambda m: f"{name}, tiles {gemm_tile} / {wgrad_tile}: {m}")
+
+
 # --- int32 index range -----------------------------------------------------------------------------------
 
 
