@@ -52,7 +52,7 @@ def _nan_propagating_max(a, b):
 def _conv3x3_fwd_kernel(
     x_ptr, skip_ptr, w_ptr, bias_ptr, y_ptr, pooled_ptr,
     M, C0, C1, C_OUT, HO, WO, TOP, LEFT,
-    sxn, sxh, sxw, ssn, ssh, ssw, syn, syh, syw, spn, sph, spw,
+    sxn, sxh, sxw, ssn, ssh, ssw, syn, syh, syw, spn, sph, spw, swk, swn,
     HAS_SKIP: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr, POOL: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -96,7 +96,7 @@ def _conv3x3_fwd_kernel(
                 mask=m_mask[:, None] & k_mask[None, :], other=0.0,
             )
             b = tl.load(
-                w_ptr + (tap * c_in + ck)[:, None] * C_OUT + offs_n[None, :],
+                w_ptr + (tap * c_in + ck)[:, None] * swk + offs_n[None, :] * swn,
                 mask=k_mask[:, None] & n_mask[None, :], other=0.0,
             )
             acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
@@ -113,7 +113,7 @@ def _conv3x3_fwd_kernel(
             mask=m_mask[:, None] & k_mask[None, :], other=0.0,
         )
         b = tl.load(
-            w_ptr + (tap * c_in + C0 + ck)[:, None] * C_OUT + offs_n[None, :],
+            w_ptr + (tap * c_in + C0 + ck)[:, None] * swk + offs_n[None, :] * swn,
             mask=k_mask[:, None] & n_mask[None, :], other=0.0,
         )
         acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
@@ -196,12 +196,13 @@ def _pool_relu_grad_kernel(
 def _conv3x3_dgrad_kernel(
     g_ptr, y_ptr, w_ptr, grad_x_ptr, grad_skip_ptr,
     M_IN, C0, C1, C_OUT, H, W, HO, WO, TOP, LEFT, C_LO, C_HI,
-    sgn, sgh, sgw, sxn, sxh, sxw, ssn, ssh, ssw,
+    sgn, sgh, sgw, sxn, sxh, sxw, ssn, ssh, ssw, swk, swn,
     HAS_SKIP: tl.constexpr, MASK_RELU: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """grad_in[n, ih, iw, ci] = sum_{tap, co} g[n, ih - kh, iw - kw, co] * w[tap, co, ci] over the
-    concatenated input channels ci in [C_LO, C_HI); w is packed (9, C_out, C_in). g and y share strides."""
+    concatenated input channels ci in [C_LO, C_HI); w is the [9 * C_out, C_in] matrix (tap, co) x ci
+    with strides (swk, swn). g and y share strides."""
     pid_m = tl.program_id(0)  # M on axis 0, as in the forward kernel
     pid_n = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -229,7 +230,7 @@ def _conv3x3_dgrad_kernel(
         if MASK_RELU:
             g = tl.where(tl.load(y_ptr + g_offsets, mask=load_mask, other=0.0) > 0, g, 0.0)
         b = tl.load(
-            w_ptr + (tap * C_OUT + ck)[:, None] * c_in + offs_n[None, :],
+            w_ptr + (tap * C_OUT + ck)[:, None] * swk + offs_n[None, :] * swn,
             mask=k_mask[:, None] & n_mask[None, :], other=0.0,
         )
         acc = tl.dot(g, b, acc, input_precision=INPUT_PRECISION)
@@ -417,6 +418,13 @@ def _nhw_strides(t: torch.Tensor) -> tuple[int, int, int]:
     return t.stride(0), t.stride(2), t.stride(3)
 
 
+def _weight_matrix(matrix: torch.Tensor, k_major: bool) -> torch.Tensor:
+    """The [K, N] weight operand of a GEMM kernel, stored N-major (rows contiguous), or K-major
+    (columns contiguous) for tf32: sm_90's tf32 wgmma reads only K-major operands from shared
+    memory, and an N-major one would arrive in 4-byte copies. The kernels take its two strides."""
+    return matrix.t().contiguous().t() if k_major else matrix.contiguous()
+
+
 def gemm_grid(rows: int, cols: int, block_m: int, block_n: int) -> tuple[int, int]:
     """Launch grid of the forward/dgrad GEMM: row (pixel) tiles on axis 0, whose limit is 2**31 - 1
     (axes 1 and 2 allow only 65,535 blocks), column (channel) tiles on axis 1."""
@@ -499,8 +507,9 @@ def _forward(x, weight, bias, skip, relu, pool, allow_tf32):
     skip_nhwc = x if skip is None else _nhwc(skip)
     top, left = crop_offset_of(skip, x)
     out_h, out_w = height - 2, width - 2
-    # packed (9 * C_in, C_out): row tap * C_in + ci, contiguous along C_out
-    packed = weight.permute(2, 3, 1, 0).reshape(9 * (c0 + c1), c_out).contiguous()
+    precision = _input_precision(x.dtype, allow_tf32)
+    # the [9 * C_in, C_out] matrix of row tap * C_in + ci
+    packed = _weight_matrix(weight.permute(2, 3, 1, 0).reshape(9 * (c0 + c1), c_out), precision == "tf32")
     y = torch.empty((batch, c_out, out_h, out_w), device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
     pooled = None
     if pool:
@@ -514,9 +523,9 @@ def _forward(x, weight, bias, skip, relu, pool, allow_tf32):
         "fwd", x.dtype, grid,
         x, skip_nhwc, packed, weight if bias is None else bias, y, pooled_arg,
         m, c0, c1, c_out, out_h, out_w, top, left,
-        *_nhw_strides(x), *_nhw_strides(skip_nhwc), *_nhw_strides(y), *_nhw_strides(pooled_arg),
+        *_nhw_strides(x), *_nhw_strides(skip_nhwc), *_nhw_strides(y), *_nhw_strides(pooled_arg), *packed.stride(),
         HAS_SKIP=skip is not None, HAS_BIAS=bias is not None, RELU=bool(relu), POOL=bool(pool),
-        INPUT_PRECISION=_input_precision(x.dtype, allow_tf32),
+        INPUT_PRECISION=precision,
     )
     return y, pooled
 
@@ -604,8 +613,8 @@ def _backward(grad_y, grad_pooled, x, skip, weight, y, relu, pool, needs_input_g
 
     grad_x = grad_skip = grad_weight = grad_bias = None
     if need_x or need_skip:
-        # the ReLU-masked gradient correlated with the flipped weights: packed (9 * C_out, C_in)
-        packed = weight.permute(2, 3, 0, 1).reshape(9 * c_out, c_in).contiguous()
+        # the ReLU-masked gradient correlated with the flipped weights: the [9 * C_out, C_in] matrix
+        packed = _weight_matrix(weight.permute(2, 3, 0, 1).reshape(9 * c_out, c_in), precision == "tf32")
         grad_x = torch.empty(x.shape, device=x.device, dtype=x.dtype, memory_format=torch.channels_last) if need_x else None
         grad_skip = (
             torch.empty(skip.shape, device=x.device, dtype=x.dtype, memory_format=torch.channels_last).zero_() if need_skip else None
@@ -620,7 +629,7 @@ def _backward(grad_y, grad_pooled, x, skip, weight, y, relu, pool, needs_input_g
             "dgrad", x.dtype, grid,
             g, y, packed, grad_x_arg, grad_skip_arg,
             m_in, c0, c1, c_out, height, width, out_h, out_w, top, left, c_lo, c_hi,
-            *g_strides, *_nhw_strides(grad_x_arg), *_nhw_strides(grad_skip_arg),
+            *g_strides, *_nhw_strides(grad_x_arg), *_nhw_strides(grad_skip_arg), *packed.stride(),
             HAS_SKIP=grad_skip is not None, MASK_RELU=mask_on_load, INPUT_PRECISION=precision,
         )
     if need_weight or need_bias:
@@ -696,15 +705,21 @@ def _register_configs() -> None:
         for name, fn, tile_names, tile_lists, flag_sets, fp32_pointers in kernels:
             tiles = tile_lists[klass]
             signature = _aot_signature(fn, element, fp32_pointers)
+            aligned_ints = _aligned_ints(signature)
+            # the weight matrix's unit stride, which Triton's runtime compiles as a constant
+            unit_stride = {} if "swk" not in signature else {"swk": 1} if klass == "tf32" else {"swn": 1}
+            signature.update(dict.fromkeys(unit_stride, "constexpr"))
+            # sm_90's tf32 wgmma wants K-major operands; the weight gradient's are pixel-major
+            copy_width = None if klass == "tf32" and name == "conv3x3_wgrad" else 16
             variants = [(tile, flag_sets[0]) for tile in tiles] + [(tiles[0], flags) for flags in flag_sets[1:]]
             for tile, flags in variants:
                 constexprs = {**dict(zip(tile_names, tile[:3])), **flags, "INPUT_PRECISION": input_precision}
                 register(KernelConfig(
-                    kernel=name, fn=fn, signature=signature, constexprs=constexprs, precision=precision,
-                    block_m=tile[0], num_warps=tile[3], num_stages=tile[4], aligned_ints=_aligned_ints(signature),
+                    kernel=name, fn=fn, signature=signature, constexprs={**constexprs, **unit_stride},
+                    precision=precision, block_m=tile[0], num_warps=tile[3], num_stages=tile[4],
+                    aligned_ints=tuple(n for n in aligned_ints if n not in unit_stride),
                     spill_budget=_WIDE_TILE_SPILL_BUDGET if klass == "16bit" and tile[0] >= 128 else DEFAULT_SPILL_BUDGET,
-                    # sm_90's tf32 wgmma wants K-major operands: the N-major ones arrive in 4-byte copies
-                    copy_width=None if klass == "tf32" else 16,
+                    copy_width=copy_width,
                     label=" ".join(f"{k}={v}" for k, v in constexprs.items() if k != "INPUT_PRECISION")
                     + f" w={tile[3]} s={tile[4]}",
                 ))
