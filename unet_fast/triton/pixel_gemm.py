@@ -174,6 +174,8 @@ def pixel_gemm(a: torch.Tensor, a_scale: int, b: torch.Tensor, out: torch.Tensor
     a: (N, C_a, a_scale*H, a_scale*W); b: [a_scale**2 * C_a, out_scale**2 * C_out], any strides;
     out: (N, C_out, out_scale*H, out_scale*W); bias: (C_out,) or None. Returns ``out``.
     """
+    if dot_precision == "tf32" and b.stride(0) != 1:
+        b = b.t().contiguous().t()  # K-major: sm_90's tf32 wgmma takes an N-major b in 4-byte copies
     height, width = a.shape[2] // a_scale, a.shape[3] // a_scale
     rows = a.shape[0] * height * width
     depth, cols = a.shape[1] * a_scale**2, out.shape[1] * out_scale**2
@@ -262,8 +264,10 @@ def _register_configs() -> None:
         gemm_pointers = {"a_ptr": pointer, "b_ptr": pointer, "bias_ptr": pointer, "out_ptr": pointer}
         for label, a_scale, out_scale, has_bias, unit_ints, aligned, operands_aligned in _GEMM_CALLS:
             flags = dict(A_SCALE=a_scale, OUT_SCALE=out_scale, HAS_BIAS=has_bias, DOT_PRECISION=dot)
-            # sm_90's tf32 wgmma takes transposed fp32 operands in 4-byte copies
-            copy_width = 16 if operands_aligned and precision != "tf32" else None
+            copy_width = 16 if operands_aligned else None
+            if precision == "tf32":  # the launcher makes b K-major: b_sk = 1, b_sq = K
+                unit_ints = tuple(n for n in unit_ints if n != "b_sq") + ("b_sk",)
+                aligned = tuple(n for n in aligned if n != "b_sk") + (("b_sq",) if "K" in aligned else ())
             for tile_name in _gemm_tiles_of(precision, aligned):
                 tile = GEMM_TILES[tile_name]
                 register(KernelConfig(
@@ -286,6 +290,7 @@ def _register_configs() -> None:
             register(KernelConfig(
                 kernel="pixel_gemm_wgrad", fn=pixel_gemm_wgrad_kernel, precision=precision,
                 block_m=tile["BLOCK_R"], num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+                # sm_90's tf32 wgmma takes the pixel-major operands of this product in 4-byte copies
                 copy_width=16 if operands_aligned and precision != "tf32" else None,
                 label=label, **_specialized(_WGRAD_INTS, wgrad_pointers, unit_ints, aligned, flags),
             ))
