@@ -9,7 +9,7 @@ ships with Triton). It exits non-zero if a configuration fails to compile or bre
 - shared memory within the architecture's limit;
 - fp16/bf16/tf32 dots on tensor-core ``mma``, on sm_90 ``wgmma`` wherever BLOCK_M >= 64 and the warp
   count is a multiple of 4; fp32 dots without TF32 on none;
-- register spills (stack bytes) within the configuration's ``spill_budget`` (0 unless declared);
+- register spills (stack bytes) within the configuration's ``spill_budget`` (16 B unless declared);
 - with ``copy_width`` declared, every ``cp.async`` of that width: a narrower copy means the
   pipeliner lost an operand's contiguity.
 """
@@ -28,8 +28,10 @@ from dataclasses import dataclass
 # Largest dynamic shared memory per block (bytes) that each architecture allows.
 SHARED_MEMORY_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
 TENSOR_CORE_PATTERN = re.compile(r"\b(wgmma\.mma_async|mma\.sync)\b")
-# cp.async.{ca,cg}.shared.global [dst], [src], bytes(, src-size)?;
-ASYNC_COPY_PATTERN = re.compile(r"\bcp\.async\.c[ag]\.shared\.global(?:\.\S+)?\s+\[[^\]]*\],\s*\[[^\]]*\],\s*(0x[0-9a-fA-F]+|\d+)")
+# cp.async.{ca,cg}.shared.global[.L2::...] [dst], [src], bytes(, src-size)?; captures the bytes
+ASYNC_COPY_PATTERN = re.compile(
+    r"\bcp\.async\.c[ag]\.shared\.global(?:\.\S+)?\s+\[[^\]]*\],\s*\[[^\]]*\],\s*(0x[0-9a-fA-F]+|\d+)"
+)
 RESOURCE_PATTERN = re.compile(r"REG:(\d+)\s+STACK:(\d+)")
 
 
@@ -110,6 +112,7 @@ def resource_usage(cubin: bytes) -> tuple[int, int] | None:
 
 
 def inspect_compiled(kernel) -> Compiled:
+    """The facts the expectations read from a compiled kernel (no GPU needed)."""
     ptx = kernel.asm["ptx"]
     usage = resource_usage(kernel.asm["cubin"]) or (None, None)
     return Compiled(
