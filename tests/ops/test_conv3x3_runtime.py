@@ -148,10 +148,12 @@ def test_tensors_on_a_second_gpu_while_the_first_is_current():
 
 # --- every autotune configuration --------------------------------------------------------------------------
 
-# (dtype, TF32 allowed, tolerance relative to the largest magnitude): the sweep looks for miscompiled
-# tiles, whose results are wrong by O(1), not for the last bit (other tests bound the error).
-_TILE_SWEEP = [(torch.float16, False, 2e-2), (torch.bfloat16, False, 8e-2), (torch.float32, True, 1e-2),
-               (torch.float32, False, 1e-4)]
+# (dtype, TF32 allowed, tolerance relative to the largest magnitude). The reference starts from the
+# same rounded inputs, so what is left is the rounding of the outputs (fp16 5e-4, bf16 4e-3 of an
+# element) and, with TF32, of the operands (about 1e-3 of the largest output over 576 products):
+# each bound has a margin of about 5 over that; a miscompiled tile is wrong by O(1).
+_TILE_SWEEP = [(torch.float16, False, 5e-3), (torch.bfloat16, False, 2e-2), (torch.float32, True, 5e-3),
+               (torch.float32, False, 1e-5)]
 
 
 def _exact_conv_and_grads(inputs, y, grad_y, grad_pooled):

@@ -246,4 +246,4 @@ def test_tf32_products_read_the_weight_k_major():
     fused_grads = [upconv2x2_backward(grad_up, x, up_weight, True, "tf32")[0],
                    conv1x1_backward(grad_one, x, one_weight, True, "tf32")[0]]
     for got, want in zip(fused + fused_grads, expected + expected_grads):
-        torch.testing.assert_close(got, want, atol=1e-2 * want.abs().max().item(), rtol=0)  # TF32: ~1e-3
+        torch.testing.assert_close(got, want, atol=5e-3 * want.abs().max().item(), rtol=0)  # TF32 operands: ~1e-3
