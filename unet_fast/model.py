@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from unet_fast import blocks  # noqa: F401  (registers the block ops)
-from unet_fast.ops._backends import autocast_available, block_backend, check_backend, resolve_backend
+from unet_fast.ops._backends import autocast_dtype, block_backend, check_backend, resolve_backend
 from unet_fast.reference.unet import UNet as ReferenceUNet
 
 
@@ -103,9 +103,9 @@ class UNet(ReferenceUNet):
     # --- forward ------------------------------------------------------------------------------------
 
     def _compute_dtype(self, x: torch.Tensor) -> torch.dtype:
-        device_type = x.device.type
-        if autocast_available(device_type) and torch.is_autocast_enabled(device_type):
-            return torch.get_autocast_dtype(device_type)
+        autocast = autocast_dtype(x.device.type)
+        if autocast is not None:
+            return autocast
         parameter_dtype = self.head.weight.dtype
         if x.dtype != parameter_dtype:
             raise TypeError(

@@ -93,7 +93,8 @@ class TrainConfig:
     progress: bool = True
 
     def resolved(self, device: torch.device) -> "TrainConfig":
-        """A copy with the device-dependent defaults filled in."""
+        """A copy with the derived defaults filled in: the optimizer's learning rate, the checkpoint
+        interval, and for model "auto" the fused model on CUDA, the reference elsewhere."""
         c = dataclasses.replace(self)
         if c.lr is None and c.optimizer in DEFAULT_LR:
             c.lr = DEFAULT_LR[c.optimizer]

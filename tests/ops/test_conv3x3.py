@@ -228,7 +228,7 @@ def test_backend_tuning_uses_the_faster_implementation(triton_device, monkeypatc
 
     monkeypatch.setattr(module, "_BACKEND_CHOICES", {})
     timings = itertools.cycle([2.0, 1.0])  # triton, then aten
-    monkeypatch.setattr(module, "_time_ms", lambda fn: (fn(), next(timings))[1])
+    monkeypatch.setattr(module, "time_ms", lambda fn: (fn(), next(timings))[1])
     inputs = make_inputs(2, 2, 3, 4, 6, 6, (2, 2), True, torch.float32, triton_device)
     y, pooled = torch.ops.unet_fast.conv3x3_relu_pool(inputs["x"], inputs["weight"], inputs["bias"], inputs["skip"], True, False, True)
     grads = _grads((y, pooled), inputs)

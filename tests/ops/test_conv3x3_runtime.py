@@ -26,13 +26,13 @@ def fresh_choices(monkeypatch):
     def no_timing(fn):
         raise AssertionError("timed a backend although no timing was expected")
 
-    monkeypatch.setattr(conv_module, "_time_ms", no_timing)
+    monkeypatch.setattr(conv_module, "time_ms", no_timing)
     monkeypatch.delenv(AUTOTUNE_ENV, raising=False)
 
 
 def _aten_faster(monkeypatch):
     timings = itertools.cycle([2.0, 1.0])  # triton is timed first, then aten
-    monkeypatch.setattr(conv_module, "_time_ms", lambda fn: (fn(), next(timings))[1])
+    monkeypatch.setattr(conv_module, "time_ms", lambda fn: (fn(), next(timings))[1])
 
 
 # --- one resolver ---------------------------------------------------------------------------------

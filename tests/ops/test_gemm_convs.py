@@ -177,7 +177,6 @@ def test_cpu_autocast_real_and_fake_agree_on_dtype(op_name):
     assert all(g.dtype == torch.float32 for g in grads)  # each gradient in its parameter's dtype
 
 
-@pytest.mark.skipif(TRITON_DEVICE is None, reason="needs CUDA or the Triton interpreter")
 @pytest.mark.parametrize("op_name", list(OPS))
 def test_block_auto_falls_back_to_pytorch_beyond_the_kernels_pixel_range(op_name, monkeypatch):
     import importlib

@@ -63,6 +63,16 @@ _INTERPRETER_PROBLEM = (
 )
 
 
+def time_ms(fn, quantiles=None):
+    """Run time of ``fn`` on the current CUDA device in ms (median, or these quantiles), after 5 ms of
+    warm-up over 25 ms of runs: every per-shape timing of the package (backend "auto"'s Triton/cuDNN
+    choice, the Triton autotuner's tiles) uses it. Triton's default 25 + 100 ms would spend minutes on
+    the paper model, whose ~20 conv shapes are each tuned for three kernels over up to five tiles."""
+    from triton.testing import do_bench
+
+    return do_bench(fn, warmup=5, rep=25, quantiles=quantiles)
+
+
 def autotune_enabled() -> bool:
     """False when ``UNET_FAST_AUTOTUNE=0``: no per-shape timing anywhere (see AUTOTUNE_ENV)."""
     return os.environ.get(AUTOTUNE_ENV, "1").strip() not in ("0", "false", "False", "off")

@@ -25,6 +25,7 @@ from unet_fast.ops._backends import (
     check_backend,
     device_guard,
     resolve_backend,
+    time_ms,
     triton_interpreting,
 )
 from unet_fast.ops._validation import check_crop, check_same, check_tensor
@@ -194,12 +195,6 @@ def chosen_backends() -> dict[tuple, str]:
     return dict(_BACKEND_CHOICES)
 
 
-def _time_ms(fn) -> float:
-    from triton.testing import do_bench
-
-    return float(do_bench(fn, warmup=5, rep=25))
-
-
 def _pick_backend(key: tuple, x: torch.Tensor, run_triton, run_aten) -> str:
     """The faster implementation for this key, timed on x's device on first use and remembered;
     always "triton" with UNET_FAST_AUTOTUNE=0 (the fixed, reproducible rule)."""
@@ -210,7 +205,7 @@ def _pick_backend(key: tuple, x: torch.Tensor, run_triton, run_aten) -> str:
         if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
             return "triton"  # no timing inside a CUDA graph capture; decide on an eager call
         with device_guard(x):
-            times = {"triton": _time_ms(run_triton), "aten": _time_ms(run_aten)}
+            times = {"triton": time_ms(run_triton), "aten": time_ms(run_aten)}
         choice = _BACKEND_CHOICES[key] = min(times, key=times.get)
     return choice
 

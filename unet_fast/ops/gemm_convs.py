@@ -51,9 +51,9 @@ def _check_common(x, weight, bias, backend):
 
 def _fits_pixel_kernels(x: torch.Tensor) -> bool:
     """Whether the per-pixel GEMM kernels' int32 indices cover x's N*H*W pixels."""
-    from unet_fast.triton.pixel_gemm import MAX_PIXELS
+    from unet_fast.triton.pixel_gemm import MAX_PIXELS, pixel_rows
 
-    return x.shape[0] * x.shape[2] * x.shape[3] <= MAX_PIXELS
+    return pixel_rows(x) <= MAX_PIXELS
 
 
 def upconv2x2(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,

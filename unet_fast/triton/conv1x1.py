@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import torch
 
-from unet_fast.triton.pixel_gemm import check_pixels, pixel_gemm, pixel_gemm_wgrad
+from unet_fast.triton.pixel_gemm import check_pixels, pixel_gemm, pixel_gemm_wgrad, pixel_rows
 
 
 def conv1x1_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                     dot_precision: str = "ieee") -> torch.Tensor:
     """x (N, C_in, H, W), weight (C_out, C_in, 1, 1), bias (C_out,) or None, one dtype
     -> y (N, C_out, H, W), channels_last."""
-    check_pixels(x.shape[0] * x.shape[2] * x.shape[3])  # before allocating anything
+    check_pixels(pixel_rows(x))  # before allocating anything
     c_out, c_in = weight.shape[:2]
     y = torch.empty((x.shape[0], c_out, *x.shape[2:]), device=x.device, dtype=x.dtype,
                     memory_format=torch.channels_last)
@@ -24,7 +24,7 @@ def conv1x1_backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
                      dot_precision: str = "ieee") -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """grad_y (N, C_out, H, W) -> (grad_x (N, C_in, H, W) channels_last or None, grad_weight
     (C_out, C_in, 1, 1), grad_bias (C_out,)), in x's dtype; reductions accumulate in fp32."""
-    check_pixels(x.shape[0] * x.shape[2] * x.shape[3])  # before allocating anything
+    check_pixels(pixel_rows(x))  # before allocating anything
     c_out, c_in = weight.shape[:2]
     grad_x = None
     if need_input_grad:

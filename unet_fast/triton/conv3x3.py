@@ -29,9 +29,8 @@ import inspect
 import torch
 import triton
 import triton.language as tl
-from triton.testing import do_bench
 
-from unet_fast.ops._backends import autotune_enabled, device_guard, triton_interpreting
+from unet_fast.ops._backends import autotune_enabled, device_guard, time_ms, triton_interpreting
 from unet_fast.ops._validation import check_crop
 from unet_fast.triton.aot import DEFAULT_SPILL_BUDGET, KernelConfig, register
 
@@ -357,14 +356,8 @@ def _gemm_configs(tiles, names):
     ]
 
 
-def _time_tile(kernel_call, quantiles):
-    # 5 ms of warm-up and 25 ms of timing per tile instead of Triton's 25 + 100: the paper model has
-    # about 20 conv shapes, each tuned for three kernels over up to five tiles, at every batch size
-    return do_bench(kernel_call, warmup=5, rep=25, quantiles=quantiles)
-
-
 def _autotuned(kernel, tiles, names, key):
-    return triton.autotune(configs=_gemm_configs(tiles, names), key=key, do_bench=_time_tile)(kernel)
+    return triton.autotune(configs=_gemm_configs(tiles, names), key=key, do_bench=time_ms)(kernel)
 
 
 _GEMM_NAMES = ("BLOCK_M", "BLOCK_N", "BLOCK_K")

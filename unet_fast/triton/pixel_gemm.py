@@ -158,6 +158,11 @@ WGRAD_TARGET_PROGRAMS = 512
 MAX_PIXELS = 2**31 - 1 - 1024
 
 
+def pixel_rows(t: torch.Tensor, scale: int = 1) -> int:
+    """The GEMMs' row count for t (N, C, scale*H, scale*W): the N*H*W pixels of its low-resolution grid."""
+    return t.shape[0] * (t.shape[2] // scale) * (t.shape[3] // scale)
+
+
 def check_pixels(rows: int) -> None:
     """ValueError when ``rows`` pixels (N*H*W of the low-resolution grid) exceed the kernels' int32 indexing."""
     if rows > MAX_PIXELS:
@@ -177,7 +182,7 @@ def pixel_gemm(a: torch.Tensor, a_scale: int, b: torch.Tensor, out: torch.Tensor
     if dot_precision == "tf32" and b.stride(0) != 1:
         b = b.t().contiguous().t()  # K-major: sm_90's tf32 wgmma takes an N-major b in 4-byte copies
     height, width = a.shape[2] // a_scale, a.shape[3] // a_scale
-    rows = a.shape[0] * height * width
+    rows = pixel_rows(a, a_scale)
     depth, cols = a.shape[1] * a_scale**2, out.shape[1] * out_scale**2
     check_pixels(rows)
     channels_contiguous = a.stride(1) == 1 and out.stride(1) == 1
@@ -199,7 +204,7 @@ def pixel_gemm_wgrad(a: torch.Tensor, a_scale: int, g: torch.Tensor, g_scale: in
     -> [a_scale**2 * C_a, g_scale**2 * C_g]. The reduction over the N*H*W pixels is split into chunks
     whose partial sums are added afterwards, in a fixed order (deterministic)."""
     height, width = a.shape[2] // a_scale, a.shape[3] // a_scale
-    rows = a.shape[0] * height * width
+    rows = pixel_rows(a, a_scale)
     check_pixels(rows)
     out_rows, out_cols = a.shape[1] * a_scale**2, g.shape[1] * g_scale**2
     tile = WGRAD_TILES["fp32" if _on_fma_units(a.dtype, dot_precision) else "tensor-core"]
@@ -251,7 +256,7 @@ def _specialized(int_names, pointers: dict, unit_ints, aligned, constexprs: dict
 
 
 def _gemm_tiles_of(precision: str, aligned: tuple) -> tuple:
-    """The GEMM_TILES entries a call may run with on channels_last tensors (``gemm_tile_name``)."""
+    """The GEMM_TILES entries a call may run with (``gemm_tile_name``), given its 16-aligned ints."""
     if precision == "fp32":
         return ("fp32",)
     return ("large", "small") if "K" in aligned and "Q" in aligned else ("small",)
@@ -260,7 +265,6 @@ def _gemm_tiles_of(precision: str, aligned: tuple) -> tuple:
 def _register_configs() -> None:
     for precision, pointer in _TRITON_TYPE.items():
         dot = "tf32" if precision == "tf32" else "ieee"
-        dtype = torch.float32 if precision in ("fp32", "tf32") else torch.float16
         gemm_pointers = {"a_ptr": pointer, "b_ptr": pointer, "bias_ptr": pointer, "out_ptr": pointer}
         for label, a_scale, out_scale, has_bias, unit_ints, aligned, operands_aligned in _GEMM_CALLS:
             flags = dict(A_SCALE=a_scale, OUT_SCALE=out_scale, HAS_BIAS=has_bias, DOT_PRECISION=dot)
@@ -276,7 +280,7 @@ def _register_configs() -> None:
                     **_specialized(_GEMM_INTS, gemm_pointers, unit_ints, aligned, {**flags, **tile}),
                 ))
             # any other layout (e.g. NCHW), with every stride a runtime value
-            tile_name = gemm_tile_name(0, 0, 0, False, dtype, dot)
+            tile_name = _gemm_tiles_of(precision, ())[0]
             register(KernelConfig(
                 kernel="pixel_gemm", fn=pixel_gemm_kernel, precision=precision,
                 block_m=GEMM_TILES[tile_name]["BLOCK_M"], num_warps=NUM_WARPS, num_stages=NUM_STAGES,

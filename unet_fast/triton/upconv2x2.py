@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from unet_fast.triton.pixel_gemm import check_pixels, pixel_gemm, pixel_gemm_wgrad
+from unet_fast.triton.pixel_gemm import check_pixels, pixel_gemm, pixel_gemm_wgrad, pixel_rows
 
 
 def pack_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -21,7 +21,7 @@ def upconv2x2_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
                       dot_precision: str = "ieee") -> torch.Tensor:
     """x (N, C_in, H, W), weight (C_in, C_out, 2, 2), bias (C_out,) or None, all one dtype
     -> y (N, C_out, 2H, 2W), channels_last."""
-    check_pixels(x.shape[0] * x.shape[2] * x.shape[3])  # before allocating anything
+    check_pixels(pixel_rows(x))  # before allocating anything
     n, _, height, width = x.shape
     y = torch.empty((n, weight.shape[1], 2 * height, 2 * width), device=x.device, dtype=x.dtype,
                     memory_format=torch.channels_last)
@@ -32,7 +32,7 @@ def upconv2x2_backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tens
                        dot_precision: str = "ieee") -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """grad_y (N, C_out, 2H, 2W) -> (grad_x (N, C_in, H, W) channels_last or None, grad_weight
     (C_in, C_out, 2, 2), grad_bias (C_out,)), in x's dtype; reductions accumulate in fp32."""
-    check_pixels(x.shape[0] * x.shape[2] * x.shape[3])  # before allocating anything
+    check_pixels(pixel_rows(x))  # before allocating anything
     c_in, c_out = weight.shape[:2]
     grad_x = None
     if need_input_grad:
