@@ -35,10 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON (schema: unet_fast.benchmark.schema)")
     parser.add_argument("--plot", metavar="PATH", help="write a PNG plot of the speedups (needs matplotlib)")
     parser.add_argument("--providers", type=_csv, help=f"comma-separated subset of {','.join(PROVIDERS)}")
-    parser.add_argument("--modes", type=_csv, help=f"comma-separated subset of {','.join(MODES)}, or none (op scripts only)")
+    parser.add_argument("--modes", type=_csv, help=f"comma-separated subset of {','.join(MODES)}, or none (op benchmarks only)")
     parser.add_argument("--dtypes", type=_csv, help=f"comma-separated subset of {','.join(DTYPES)}")
     parser.add_argument("--shapes", type=_csv, help="comma-separated shape names (see unet_fast.benchmark.cases)")
-    parser.add_argument("--no-ops", dest="ops", action="store_false", help="skip the op-level scripts in benchmarks/")
+    parser.add_argument("--no-ops", dest="ops", action="store_false", help="skip the op benchmarks (unet_fast.benchmark.ops)")
     parser.add_argument("--time-budget", type=float, metavar="SECONDS", help="skip (and record) cases that would start after this many seconds")
     return parser
 
