@@ -3,6 +3,13 @@
 Run it as ``unet-fast bench`` or ``python -m unet_fast.benchmark``; ``main(argv)`` is the entry
 point both use. What is measured is described in ``unet_fast.benchmark.cases``, the JSON it
 writes in ``unet_fast.benchmark.schema``.
+
+Layout: ``cases`` (the plan), ``providers`` (the models and what each mode times), ``measure``
+(timing and memory), ``flops``, ``environment`` (device, versions, commit), ``suite`` (runs a
+plan), ``report`` (table and plot), ``schema``, and ``ops/``: one module per op benchmark and the
+runner that folds their results into the suite. All benchmark code lives here, so that it runs
+from a wheel; the repository's ``benchmarks/`` folder only holds entry points to ``ops/``, the
+GPU script and committed results.
 """
 from __future__ import annotations
 
