@@ -69,7 +69,7 @@ class TrainingTiles:
 
     def __init__(self, train, config: TrainConfig, device: torch.device, rank: int = 0):
         from unet_fast.data import TileSampler
-        from unet_fast.inference import context_margin, mirror_pad
+        from unet_fast.inference import mirror_pad
         from unet_fast.weight_map import weight_map
 
         self.config, self.device = config, device
