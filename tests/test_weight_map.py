@@ -144,15 +144,10 @@ def test_border_distances_rejects_bad_radius():
         border_distances(np.zeros((3, 3), dtype=np.int64), -1.0)
 
 
-def test_benchmark_script_runs_and_agrees_with_scipy(tmp_path):
-    import importlib.util
+def test_benchmark_runs_and_agrees_with_scipy(tmp_path):
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_weight_map.py"
-    spec = importlib.util.spec_from_file_location("bench_weight_map", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    from unet_fast.benchmark.ops import border_distances as bench
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

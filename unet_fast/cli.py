@@ -12,7 +12,7 @@ from pathlib import Path
 PROG = "unet-fast"
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 # Import names of the packages of the optional "train" extra (pyproject.toml).
-TRAIN_EXTRA_MODULES = ("scipy", "PIL", "tifffile", "safetensors", "matplotlib")
+TRAIN_EXTRA_MODULES = ("scipy", "PIL", "tifffile", "safetensors", "matplotlib", "tqdm")
 
 
 class UsageError(Exception):

@@ -1,7 +1,9 @@
 """Elastic deformation of image + label pairs: unet_fast.ops.elastic_warp against the alternatives.
 
-    python benchmarks/bench_augment.py [--device cpu|cuda] [--sizes 512 2048] [--batches 1 16]
-                                       [--rounds 5] [--json PATH]
+    python benchmarks/bench_elastic_warp.py [--device cpu|cuda] [--sizes 512 2048] [--batches 1 16]
+                                            [--rounds 5] [--json PATH]
+
+(or ``python -m unet_fast.benchmark.ops.elastic_warp`` where the package is installed).
 
 Every case warps a float32 image (N, 1, S, S) bilinearly and its label map (N, S, S) with nearest
 (uint8, as masks are stored; --label-dtype int64 for cross-entropy targets), reflection (mirror)
