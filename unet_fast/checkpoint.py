@@ -7,6 +7,8 @@ Layout under a run directory::
     checkpoints/step_00000400/state.json              config, step, RNG states, optimizer
                                                       hyper-parameters, grad-scaler state, extras
     checkpoints/latest                                name of the newest complete checkpoint
+    best/checkpoints/step_00000300/...                the best by validation, saved by the trainer
+                                                      through save_checkpoint(run_dir / BEST, keep=1)
 
 A checkpoint is written into a temporary directory and renamed into place, then ``latest`` is
 replaced atomically, so an interrupted save never leaves a half-written checkpoint behind.
@@ -29,6 +31,7 @@ except ImportError:  # pragma: no cover - exercised only without the dependency
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
+BEST = "best"
 
 
 def _require_safetensors() -> None:
