@@ -207,3 +207,25 @@ def test_the_whole_command_ends_within_the_budget(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert elapsed <= budget_s + SLACK_S, elapsed
     assert (tmp_path / "run" / "best").is_dir()
+
+
+@pytest.mark.slow
+def test_ddp_ranks_agree_on_the_fitted_steps(tmp_path):
+    """torchrun with 2 CPU processes and a budget: rank 0's fitted step count (and each guard
+    decision) is broadcast, so both ranks run the same steps (otherwise one would block in an
+    all-reduce the other never joins) and the run ends in time."""
+    budget_s = 120
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+               "unet_fast", "train", "--data", "synthetic", "--out", str(out), "--time-budget", f"{budget_s}s",
+               "--base-channels", "2", "--depth", "3", "--tile-size", "60", "--synthetic-images", "2",
+               "--synthetic-size", "64", "--val-images", "1", "--val-interval", "10", "--device", "cpu", "--no-progress"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    began = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, timeout=budget_s + SLACK_S + 120, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert time.perf_counter() - began <= budget_s + SLACK_S
+    from unet_fast import checkpoint as ckpt
+
+    _, _, state = ckpt.load_checkpoint(out)
+    assert len(state["rng"]) == 2 and state["step"] == state["config"]["steps"] > 1
