@@ -217,3 +217,18 @@ def test_save_clears_leftovers_and_pruning_never_removes_the_new_latest(tmp_path
     model_state, optimizer_state, state = ckpt.load_checkpoint(tmp_path)
     assert state["step"] == 3 and optimizer_state is None
     assert all(torch.equal(model_state[k], v) for k, v in model.state_dict().items())
+
+
+def test_safetensors_files_are_never_mistaken_for_pickles(tmp_path):
+    """A safetensors file starts with its header length: one that starts like a pickle (0x80 0x02,
+    a 640-byte header) must still load."""
+    seen = set()
+    for length in range(520, 640):
+        name = "x" * length
+        ckpt.save_file({name: torch.full((2,), float(length))}, str(tmp_path / ckpt.MODEL))
+        data = (tmp_path / ckpt.MODEL).read_bytes()
+        seen.add(data[:2])
+        (tmp_path / ckpt.STATE).write_text(json.dumps({"step": length}))
+        model_state, _, _ = ckpt.load_checkpoint(tmp_path)
+        assert torch.equal(model_state[name], torch.full((2,), float(length)))
+    assert any(first[:1] == b"\x80" and first in ckpt.PICKLE_MAGIC for first in seen)

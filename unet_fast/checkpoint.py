@@ -46,8 +46,9 @@ MODEL = "model.safetensors"
 OPTIMIZER = "optimizer.safetensors"
 # Leftovers of killed saves: a temporary checkpoint being written, one renamed aside to be deleted.
 TEMPORARY_PREFIXES = (".step_", ".trash.")
-# How pickle-based files start: protocol 2+ opcode, or the zip archive torch.save writes.
-PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")
+# How pickle-based files start: the protocol opcode (protocols 2 to 5), or the zip archive torch.save
+# writes. A safetensors file starts with its header's 8-byte length and then "{".
+PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05", b"PK\x03\x04")
 
 
 def _require_safetensors() -> None:
@@ -257,7 +258,7 @@ def _read_tensors(file: Path, expected: dict | None, device: str) -> dict[str, t
     if not file.is_file():
         raise CheckpointError(f"{file}: missing (the checkpoint's {STATE} refers to it)")
     data = file.read_bytes()
-    if data.startswith(PICKLE_MAGIC):
+    if data[8:9] != b"{" and data.startswith(PICKLE_MAGIC):
         raise CheckpointError(f"{file}: a pickle (torch.save) file, refused: unpickling can run arbitrary code; "
                               f"checkpoints hold tensors in safetensors files only")
     if expected is not None:
