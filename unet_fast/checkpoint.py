@@ -46,6 +46,7 @@ MODEL = "model.safetensors"
 OPTIMIZER = "optimizer.safetensors"
 # Leftovers of killed saves: a temporary checkpoint being written, one renamed aside to be deleted.
 TEMPORARY_PREFIXES = (".step_", ".trash.")
+POINTER_DRAFT = f".{LATEST}.tmp"  # the next content of ``latest``, renamed over it
 # How pickle-based files start: the protocol opcode (protocols 2 to 5), or the zip archive torch.save
 # writes. A safetensors file starts with its header's 8-byte length and then "{".
 PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05", b"PK\x03\x04")
@@ -136,6 +137,8 @@ def _clear_leftovers(root: Path) -> None:
     for path in root.iterdir():
         if path.is_dir() and path.name.startswith(TEMPORARY_PREFIXES):
             shutil.rmtree(path, ignore_errors=True)
+        elif path.name == POINTER_DRAFT:
+            path.unlink(missing_ok=True)
 
 
 def save_checkpoint(run_dir, *, model_state: dict, optimizer_state: dict | None, state: dict, step: int, keep: int = 2) -> Path:
@@ -174,7 +177,7 @@ def save_checkpoint(run_dir, *, model_state: dict, optimizer_state: dict | None,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    pointer = root / f".{LATEST}.tmp"
+    pointer = root / POINTER_DRAFT
     with open(pointer, "w") as f:
         f.write(name + "\n")
         f.flush()

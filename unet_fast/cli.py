@@ -328,8 +328,8 @@ def _raised_by_a_check(error: BaseException) -> bool:
     if not frames:
         return False
     innermost = frames[-1]
-    package = str(Path(unet_fast.__file__).parent)
-    return (str(Path(innermost.filename).resolve()).startswith(package)
+    package = Path(unet_fast.__file__).resolve().parent
+    return (Path(innermost.filename).resolve().is_relative_to(package)
             and linecache.getline(innermost.filename, innermost.lineno).lstrip().startswith("raise "))
 
 
