@@ -113,7 +113,8 @@ def test_the_paper_tile_on_small_images_adapts_with_a_note():
 
 def test_trainer_adapts_the_default_tile_to_small_images(tmp_path, capsys):
     Image = pytest.importorskip("PIL.Image")
-    from unet_fast.train import DEFAULT_TILE_SIZE, TrainConfig, train
+    from unet_fast.train import TrainConfig, train
+    from unet_fast.train.config import DEFAULT_TILE_SIZE
 
     (tmp_path / "data" / "images").mkdir(parents=True)
     (tmp_path / "data" / "labels").mkdir()
