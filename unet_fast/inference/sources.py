@@ -159,18 +159,22 @@ def open_source(source, *, in_channels: int, layout: str | None = None, channel_
             raise FileNotFoundError(f"{name}: no such file or directory")
         if path.suffix.lower() in TIFF_SUFFIXES:
             array, known = _open_tiff(path)
+        elif path.suffix.lower() == ".png":  # small by nature: read whole, as the training loader does
+            from unet_fast.data.folder import read_pages
+
+            array, known = read_pages(path)[0], None
         elif path.is_dir() or path.suffix.lower() in ZARR_SUFFIXES:
             array, known = _open_zarr(path)
         else:
-            raise ValueError(f"{name}: unsupported input {path.suffix!r} for large images (TIFF or Zarr)")
+            raise ValueError(f"{name}: unsupported input {path.suffix!r} (TIFF, Zarr or PNG)")
+    elif type(source).__module__.startswith("zarr") and hasattr(source, "arrays"):  # a zarr Group
+        name = f"zarr group {source.path or '/'}"
+        array, known = _ome_level(source, name)
     else:
         if not all(hasattr(source, attribute) for attribute in ("shape", "dtype", "__getitem__")):
             raise TypeError(f"source must be a path or an array-like with shape, dtype and slicing, "
                             f"got {type(source).__name__}")
         array, known, name = source, None, f"{type(source).__name__} of shape {tuple(source.shape)}"
-        zarr_group = type(source).__name__ == "Group"
-        if zarr_group:
-            array, known = _ome_level(source, name)
     if channel_axis is not None:
         layout = layout_from_channel_axis(len(array.shape), channel_axis, name)
     if layout is None:
