@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 zarr = pytest.importorskip("zarr")
 tifffile = pytest.importorskip("tifffile")
 
 from unet_fast import shapes
-from tests.inference_helpers import kaiming_fast_unet, kaiming_unet
+from tests.inference_helpers import kaiming_fast_unet, kaiming_unet, one_thread  # noqa: F401 (fixture)
 from unet_fast.inference import predict_large, predict_tiled
 
 FP32_MARGIN = 1e-5

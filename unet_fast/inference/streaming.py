@@ -27,7 +27,7 @@ from unet_fast import shapes
 from unet_fast.inference.geometry import ChunkPlan
 from unet_fast.inference.sinks import ZarrSink, check_tiff_output, is_tiff_path, partial_store, zarr_labels_to_bigtiff
 from unet_fast.inference.sources import open_source
-from unet_fast.inference.tiling import (DIHEDRAL, _check_int, _inverse_transform, _model_config, _smallest_tile,
+from unet_fast.inference.tiling import (DIHEDRAL, _check_int, _inverse_transform, _model_config, _smallest_tile, _unwrap,
                                         context_margin, default_tile_size)
 
 PREFETCH = 2  # batches queued between the reader, the model and the writer
@@ -91,7 +91,7 @@ def _barrier(world: int) -> None:
 
 def _model_digest(model) -> str:
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(_unwrap(model).state_dict().items()):  # the same for wrapped models
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
