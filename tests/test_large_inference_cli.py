@@ -1,6 +1,5 @@
 """`unet-fast predict` streaming into Zarr, resuming after a kill, and torchrun scale-out."""
 import os
-import shutil
 import signal
 import subprocess
 import sys
