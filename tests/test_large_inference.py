@@ -188,3 +188,21 @@ def test_errors_name_the_problem(tmp_path):
         predict_large(model, np.full((40, 40), 2.0, np.float32), tmp_path / "f.zarr", progress=False)
     with pytest.raises(ValueError, match="tile_size=30 is too small"):
         predict_large(model, image, tmp_path / "t.zarr", tile_size=30, progress=False)
+
+
+def test_a_full_disk_is_reported_and_nothing_is_recorded_done(tmp_path, monkeypatch):
+    import errno
+
+    model = kaiming_unet(num_classes=2)
+    out = tmp_path / "o.zarr"
+    predict_large(model, np.zeros((50, 50), np.uint8), out, tile_size=80, progress=False)  # creates the store
+
+    def no_space(self, selection, value):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(zarr.Array, "__setitem__", no_space)
+    with pytest.raises(OSError, match="o.zarr: the disk is full.*--resume"):
+        predict_large(model, np.zeros((50, 50), np.uint8), out, tile_size=80, overwrite=True, progress=False)
+    monkeypatch.undo()
+    group = zarr.open_group(str(out), mode="r")
+    assert not group["done"][...].any() and not group.attrs["unet_fast"]["complete"]
