@@ -17,8 +17,9 @@ import numpy as np
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8")
 ZARR_SUFFIXES = (".zarr",)
 IO_EXTRA_HINT = "pip install 'unet-fast[io]'"
-# TIFF series axes -> layout letters: samples and channels are channels; pages, depth and time stack.
-TIFF_AXES = {"Y": "Y", "X": "X", "S": "C", "C": "C", "Z": "Z", "Q": "Z", "I": "Z", "T": "Z"}
+# TIFF series axes -> layout letters: samples per pixel are channels; depth and time stack. tifffile's
+# "C", "Q" and "I" for the pages of a plain multi-page file are guesses, so there the shape decides.
+TIFF_AXES = {"Y": "Y", "X": "X", "S": "C", "Z": "Z", "T": "Z"}
 AMBIGUOUS_HINT = ("pass channel_axis=0 for (C, H, W), channel_axis=-1 for (H, W, C), or layout='ZYX' "
                   "for a stack of 2-D slices (CLI: --channel-axis / --layout)")
 
@@ -195,9 +196,7 @@ def _open_tiff(path: Path):
                          "the file may be truncated or damaged") from error
     if any(axis not in TIFF_AXES for axis in axes) or sum(TIFF_AXES[a] == "Z" for a in axes) > 1:
         return array, None  # unusual axes: the shape decides
-    layout = "".join(TIFF_AXES[axis] for axis in axes)
-    # tifffile names the pages of a plain multi-page file "Q" or "I": a stack, unless it could be channels
-    return array, layout if len(set(layout)) == len(layout) else None
+    return array, "".join(TIFF_AXES[axis] for axis in axes)
 
 
 def _open_zarr(path: Path):
