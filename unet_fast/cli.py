@@ -20,6 +20,8 @@ from unet_fast.errors import UserError
 
 PROG = "unet-fast"
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
+# Inputs above this many pixels per page, Zarr inputs and any .zarr --out are streamed (predict_large).
+LARGE_IMAGE_PIXELS = 4096 * 4096
 # Import names of the packages of the optional "train" extra (pyproject.toml).
 TRAIN_EXTRA_MODULES = ("scipy", "PIL", "tifffile", "safetensors", "matplotlib", "tqdm")
 
@@ -96,14 +98,25 @@ def _train_parser(sub) -> None:
 def _predict_parser(sub) -> None:
     p = sub.add_parser("predict", help="segment images with a trained model (overlap-tile)",
                        description="Segment images by overlap-tile prediction. Writes <stem>.png with class "
-                       "ids as pixel values and, with --probs, <stem>_probs.tif (float32, one page per class).")
+                       "ids as pixel values and, with --probs, <stem>_probs.tif (float32, one page per class). "
+                       f"Images over {LARGE_IMAGE_PIXELS // 2**20} Mpixels, Zarr inputs and a .zarr --out are "
+                       "streamed tile by tile (bounded memory, resumable, several processes under torchrun) "
+                       "into <stem>.zarr (labels, float16 probs) or the given X.zarr, one group per input "
+                       "stem when several.")
     p.add_argument("--checkpoint", required=True, help="run directory of 'unet-fast train' or a checkpoint directory")
-    p.add_argument("--input", required=True, nargs="+", help="image files (PNG/TIFF) or directories of them")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--input", required=True, nargs="+",
+                   help="image files (PNG/TIFF, BigTIFF), Zarr / OME-Zarr stores, or directories of images")
+    p.add_argument("--out", required=True, help="output directory, or an X.zarr store")
     p.add_argument("--tta", action="store_true", help="average over flips and 90-degree rotations")
-    p.add_argument("--probs", action="store_true", help="also write class probabilities as <stem>_probs.tif")
+    p.add_argument("--probs", action="store_true", help="also write class probabilities")
     p.add_argument("--tile-size", type=int, default=None, help="largest tile edge (default: the largest valid size <= 572)")
-    p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
+    p.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass (default 4; 2 when streaming on CPU)")
+    p.add_argument("--amp", default=None, choices=("bf16", "fp16"), help="autocast dtype for streamed prediction")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted streamed prediction")
+    p.add_argument("--overwrite", action="store_true", help="replace existing streamed outputs")
+    p.add_argument("--layout", default=None, help="axes of the inputs, e.g. ZYX (a stack), CYX, YXC")
+    p.add_argument("--channel-axis", type=int, default=None, help="the channel axis of the inputs (0 or -1)")
+    _optional_bool(p, "progress", True, "show the progress bar of streamed prediction")
     _add_device(p)
 
 
@@ -202,20 +215,79 @@ def _image_paths(inputs: list[str]) -> list[Path]:
     paths = []
     for item in inputs:
         path = Path(item)
-        if path.is_dir():
+        if path.is_dir() and path.suffix.lower() != ".zarr":
             found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             if not found:
                 raise UsageError(f"--input directory {path} contains no PNG or TIFF images")
             paths.extend(found)
-        elif path.is_file():
+        elif path.exists():
             paths.append(path)
         else:
             raise UsageError(f"--input {path} does not exist")
-    stems = [p.stem for p in paths]
+    stems = [_stem(p) for p in paths]
     duplicates = sorted({s for s in stems if stems.count(s) > 1})
     if duplicates:
         raise UsageError(f"--input has several images with the stem(s) {', '.join(duplicates)}: outputs would overwrite each other")
     return paths
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".ome.zarr", ".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _is_large(path: Path) -> bool:
+    """Whether an input is streamed: a Zarr store or a TIFF page over LARGE_IMAGE_PIXELS."""
+    if path.suffix.lower() == ".zarr" or path.is_dir():
+        return True
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return False
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            page = tiff.pages.first
+            return page.imagelength * page.imagewidth > LARGE_IMAGE_PIXELS
+    except Exception as error:  # tifffile raises many types for damaged files
+        raise UsageError(f"{path}: cannot read the TIFF ({type(error).__name__}: {error})") from None
+
+
+def _distributed(device):
+    """(rank, world size, device) under torchrun: gloo on CPU, NCCL on CUDA (one GPU per local rank)."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), world, device
+
+
+def _predict_streamed(args, model, device, paths: list[Path], rank: int) -> None:
+    """predict_large for every path: into --out if it is a .zarr (groups per stem when several), else
+    into --out/<stem>.zarr."""
+    from unet_fast.inference import predict_large
+
+    out = Path(args.out)
+    into_store = out.suffix.lower() == ".zarr"
+    for path in paths:
+        target = out if into_store else out / f"{_stem(path)}.zarr"
+        group = _stem(path) if into_store and len(paths) > 1 else None
+        predict_large(model, path, target, tile_size=args.tile_size, batch_size=args.batch_size, tta=args.tta,
+                      probs=args.probs, amp=args.amp, device=device, resume=args.resume, overwrite=args.overwrite,
+                      progress=args.progress, group=group, layout=args.layout, channel_axis=args.channel_axis)
+        if rank == 0:
+            print(f"{path} -> {target}" + (f" (group {group})" if group else ""))
 
 
 def _write_labels(path: Path, labels) -> None:
@@ -243,12 +315,22 @@ def _run_predict(args) -> int:
     from unet_fast.inference import predict_tiled
     from unet_fast.train import load_model, resolve_device
 
-    device = resolve_device(args.device)
+    rank, world, device = _distributed(resolve_device(args.device))
     paths = _image_paths(args.input)
     model = load_model(args.checkpoint, device)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for path in paths:
+    streamed = [p for p in paths if world > 1 or out.suffix.lower() == ".zarr" or _is_large(p)]
+    if out.suffix.lower() != ".zarr":
+        out.mkdir(parents=True, exist_ok=True)
+    try:
+        _predict_streamed(args, model, device, streamed, rank)
+    except ImportError as error:
+        raise UsageError(str(error)) from None
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    for path in (p for p in paths if p not in streamed):
         pages = read_image(path)  # (C, H, W) float32 in [0, 1] per page
         for page, array in enumerate(pages):
             stem = path.stem if len(pages) == 1 else f"{path.stem}_{page:03d}"
@@ -256,7 +338,7 @@ def _run_predict(args) -> int:
             if image.shape[0] != model.in_channels:
                 raise UsageError(f"{path} has {image.shape[0]} channel(s) but the model was trained on {model.in_channels}")
             probs, labels = predict_tiled(model, image.to(device), tile_size=args.tile_size,
-                                          batch_size=args.batch_size, tta=args.tta)
+                                          batch_size=args.batch_size or 4, tta=args.tta)
             _write_labels(out / f"{stem}.png", labels.cpu().numpy())
             if args.probs:
                 _write_probabilities(out / f"{stem}_probs.tif", probs.cpu().numpy())
