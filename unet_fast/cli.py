@@ -1,22 +1,33 @@
 """The ``unet-fast`` command (also ``python -m unet_fast``): train, predict, evaluate, demo, bench.
 
 User mistakes (a missing file, a bad option value, CUDA requested without a GPU) end with exit
-code 2 and one line saying what to fix, never a traceback.
+code 2 and one line saying what to fix, never a traceback; bad option values and combinations are
+argparse errors (usage line, exit code 2). What counts as a user mistake (:func:`user_error_message`):
+a :class:`unet_fast.errors.UserError`, an ``OSError`` about a named file, and a ``ValueError``
+raised by an explicit check in the package (for modules not yet raising ``UserError``). Any other
+exception is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
 import argparse
+import linecache
 import sys
+import traceback
 from pathlib import Path
+
+import unet_fast
+from unet_fast.errors import UserError
 
 PROG = "unet-fast"
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
+# Inputs above this many pixels per page, Zarr inputs and any .zarr --out are streamed (predict_large).
+LARGE_IMAGE_PIXELS = 4096 * 4096
 # Import names of the packages of the optional "train" extra (pyproject.toml).
 TRAIN_EXTRA_MODULES = ("scipy", "PIL", "tifffile", "safetensors", "matplotlib", "tqdm")
 
 
-class UsageError(Exception):
-    """A mistake the user can fix; printed without a traceback, exit code 2."""
+class UsageError(UserError):
+    """A mistake in the command line the user can fix; printed without a traceback, exit code 2."""
 
 
 def _add_device(parser: argparse.ArgumentParser) -> None:
@@ -109,15 +120,26 @@ def _train_parser(sub) -> None:
 def _predict_parser(sub) -> None:
     p = sub.add_parser("predict", help="segment images with a trained model (overlap-tile)",
                        description="Segment images by overlap-tile prediction. Writes <stem>.png with class "
-                       "ids as pixel values and, with --probs, <stem>_probs.tif (float32, one page per class).")
+                       "ids as pixel values and, with --probs, <stem>_probs.tif (float32, one page per class). "
+                       f"Images over {LARGE_IMAGE_PIXELS // 2**20} Mpixels, Zarr inputs and a .zarr --out are "
+                       "streamed tile by tile (bounded memory, resumable, several processes under torchrun) "
+                       "into <stem>.zarr (labels, float16 probs) or the given X.zarr, one group per input "
+                       "stem when several.")
     p.add_argument("--checkpoint", required=True, help="run directory of 'unet-fast train' (its best checkpoint by "
                    "validation pixel error when it has one, else its latest) or a checkpoint directory")
-    p.add_argument("--input", required=True, nargs="+", help="image files (PNG/TIFF) or directories of them")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--input", required=True, nargs="+",
+                   help="image files (PNG/TIFF, BigTIFF), Zarr / OME-Zarr stores, or directories of images")
+    p.add_argument("--out", required=True, help="output directory, or an X.zarr store")
     p.add_argument("--tta", action="store_true", help="average over flips and 90-degree rotations")
-    p.add_argument("--probs", action="store_true", help="also write class probabilities as <stem>_probs.tif")
+    p.add_argument("--probs", action="store_true", help="also write class probabilities")
     p.add_argument("--tile-size", type=int, default=None, help="largest tile edge (default: the largest valid size <= 572)")
-    p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
+    p.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass (default 4; 2 when streaming on CPU)")
+    p.add_argument("--amp", default=None, choices=("bf16", "fp16"), help="autocast dtype for streamed prediction")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted streamed prediction")
+    p.add_argument("--overwrite", action="store_true", help="replace existing streamed outputs")
+    p.add_argument("--layout", default=None, help="axes of the inputs, e.g. ZYX (a stack), CYX, YXC")
+    p.add_argument("--channel-axis", type=int, default=None, help="the channel axis of the inputs (0 or -1)")
+    _optional_bool(p, "progress", True, "show the progress bar of streamed prediction")
     _add_device(p)
 
 
@@ -159,14 +181,40 @@ def build_parser() -> argparse.ArgumentParser:
 # --- commands ---------------------------------------------------------------------------------------
 
 
-def _explicit_train_options(argv: list[str]) -> set[str]:
-    """The destinations of the train options given on the command line (not left at defaults)."""
-    sub = argparse.ArgumentParser().add_subparsers()
+def _train_subparser(defaults: bool = True) -> argparse.ArgumentParser:
+    """A stand-alone 'train' parser (prog "unet-fast train"); without ``defaults`` it returns only
+    the options given."""
+    sub = argparse.ArgumentParser(prog=PROG).add_subparsers()
     _train_parser(sub)
     train_parser = sub.choices["train"]
-    for action in train_parser._actions:
-        action.default = argparse.SUPPRESS
-    return set(vars(train_parser.parse_args(argv[1:])))
+    if not defaults:
+        for action in train_parser._actions:
+            action.default = argparse.SUPPRESS
+    return train_parser
+
+
+def _explicit_train_options(argv: list[str]) -> set[str]:
+    """The destinations of the train options given on the command line (not left at defaults)."""
+    return set(vars(_train_subparser(defaults=False).parse_args(argv[1:])))
+
+
+def _check_train_options(args) -> None:
+    """argparse errors (exit code 2) for train options that contradict each other."""
+    from unet_fast.train import PAPER
+
+    explicit = _explicit_train_options(args.argv) - {"paper"}
+    sub = _train_subparser()
+    if args.paper:
+        conflicts = sorted(k for k in explicit & PAPER.keys() if getattr(args, k) != PAPER[k])
+        if conflicts:
+            sub.error("--paper sets " + ", ".join(f"--{k.replace('_', '-')} {PAPER[k]}" for k in conflicts)
+                      + "; drop --paper or the conflicting option(s)")
+    if "time_budget" in explicit and "steps" in explicit:
+        sub.error("give --steps or --time-budget, not both: the budget fits the step count")
+    if "momentum" in explicit and not (args.paper or args.resume) and args.optimizer != "sgd":
+        sub.error(f"--momentum applies to --optimizer sgd only, not {args.optimizer}")
+    if args.class_weights is not None and "class_balance" in explicit and args.class_balance:
+        sub.error("--class-weights replaces the class-frequency weights of --class-balance: give one of them")
 
 
 def _run_train(args) -> int:
@@ -182,16 +230,8 @@ def _run_train(args) -> int:
         # those that would alter the run.
         saved = saved_config(args.out)
         options = {**dataclasses.asdict(saved), **{k: options[k] for k in explicit}}
-    if "time_budget" in explicit and "steps" in explicit:
-        raise UsageError("give --steps or --time-budget, not both: the budget fits the step count")
     if args.paper:
-        conflicts = sorted(k for k in explicit & PAPER.keys() if options[k] != PAPER[k])
-        if conflicts:
-            raise UsageError(
-                "--paper sets " + ", ".join(f"--{k.replace('_', '-')} {PAPER[k]}" for k in conflicts)
-                + "; drop --paper or the conflicting option(s)"
-            )
-        options.update(PAPER)
+        options.update(PAPER)  # _check_train_options rejected typed options that differ
     summary = train(TrainConfig(**options), started=process_started())  # the budget covers the whole command
     print(f"run directory: {summary['run_dir']}")
     return 0
@@ -201,20 +241,79 @@ def _image_paths(inputs: list[str]) -> list[Path]:
     paths = []
     for item in inputs:
         path = Path(item)
-        if path.is_dir():
+        if path.is_dir() and path.suffix.lower() != ".zarr":
             found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             if not found:
                 raise UsageError(f"--input directory {path} contains no PNG or TIFF images")
             paths.extend(found)
-        elif path.is_file():
+        elif path.exists():
             paths.append(path)
         else:
             raise UsageError(f"--input {path} does not exist")
-    stems = [p.stem for p in paths]
+    stems = [_stem(p) for p in paths]
     duplicates = sorted({s for s in stems if stems.count(s) > 1})
     if duplicates:
         raise UsageError(f"--input has several images with the stem(s) {', '.join(duplicates)}: outputs would overwrite each other")
     return paths
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".ome.zarr", ".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _is_large(path: Path) -> bool:
+    """Whether an input is streamed: a Zarr store or a TIFF page over LARGE_IMAGE_PIXELS."""
+    if path.suffix.lower() == ".zarr" or path.is_dir():
+        return True
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return False
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            page = tiff.pages.first
+            return page.imagelength * page.imagewidth > LARGE_IMAGE_PIXELS
+    except Exception as error:  # tifffile raises many types for damaged files
+        raise UsageError(f"{path}: cannot read the TIFF ({type(error).__name__}: {error})") from None
+
+
+def _distributed(device):
+    """(rank, world size, device) under torchrun: gloo on CPU, NCCL on CUDA (one GPU per local rank)."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), world, device
+
+
+def _predict_streamed(args, model, device, paths: list[Path], rank: int) -> None:
+    """predict_large for every path: into --out if it is a .zarr (groups per stem when several), else
+    into --out/<stem>.zarr."""
+    from unet_fast.inference import predict_large
+
+    out = Path(args.out)
+    into_store = out.suffix.lower() == ".zarr"
+    for path in paths:
+        target = out if into_store else out / f"{_stem(path)}.zarr"
+        group = _stem(path) if into_store and len(paths) > 1 else None
+        predict_large(model, path, target, tile_size=args.tile_size, batch_size=args.batch_size, tta=args.tta,
+                      probs=args.probs, amp=args.amp, device=device, resume=args.resume, overwrite=args.overwrite,
+                      progress=args.progress, group=group, layout=args.layout, channel_axis=args.channel_axis)
+        if rank == 0:
+            print(f"{path} -> {target}" + (f" (group {group})" if group else ""))
 
 
 def _write_labels(path: Path, labels) -> None:
@@ -242,14 +341,25 @@ def _run_predict(args) -> int:
     from unet_fast.inference import predict_tiled
     from unet_fast.train import choose_checkpoint, describe_checkpoint, load_model, resolve_device
 
-    device = resolve_device(args.device)
+    rank, world, device = _distributed(resolve_device(args.device))
     paths = _image_paths(args.input)
     directory, kind = choose_checkpoint(args.checkpoint)
     model = load_model(directory, device)
-    print(describe_checkpoint(directory, kind))
+    if rank == 0:
+        print(describe_checkpoint(directory, kind))
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for path in paths:
+    streamed = [p for p in paths if world > 1 or out.suffix.lower() == ".zarr" or _is_large(p)]
+    if out.suffix.lower() != ".zarr":
+        out.mkdir(parents=True, exist_ok=True)
+    try:
+        _predict_streamed(args, model, device, streamed, rank)
+    except ImportError as error:
+        raise UsageError(str(error)) from None
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    for path in (p for p in paths if p not in streamed):
         pages = read_image(path)  # (C, H, W) float32 in [0, 1] per page
         for page, array in enumerate(pages):
             stem = path.stem if len(pages) == 1 else f"{path.stem}_{page:03d}"
@@ -257,7 +367,7 @@ def _run_predict(args) -> int:
             if image.shape[0] != model.in_channels:
                 raise UsageError(f"{path} has {image.shape[0]} channel(s) but the model was trained on {model.in_channels}")
             probs, labels = predict_tiled(model, image.to(device), tile_size=args.tile_size,
-                                          batch_size=args.batch_size, tta=args.tta)
+                                          batch_size=args.batch_size or 4, tta=args.tta)
             _write_labels(out / f"{stem}.png", labels.cpu().numpy())
             if args.probs:
                 _write_probabilities(out / f"{stem}_probs.tif", probs.cpu().numpy())
@@ -323,6 +433,28 @@ def _run_bench(argv: list[str]) -> int:
 COMMANDS = {"train": _run_train, "predict": _run_predict, "evaluate": _run_evaluate, "demo": _run_demo}
 
 
+def _raised_by_a_check(error: BaseException) -> bool:
+    """Whether ``error`` comes from an explicit ``raise`` statement in the package's own code."""
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return False
+    innermost = frames[-1]
+    package = Path(unet_fast.__file__).resolve().parent
+    return (Path(innermost.filename).resolve().is_relative_to(package)
+            and linecache.getline(innermost.filename, innermost.lineno).lstrip().startswith("raise "))
+
+
+def user_error_message(error: BaseException) -> str | None:
+    """The one-line message for a user mistake (see the module docstring); None for a bug."""
+    if isinstance(error, UserError):
+        return str(error)
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{error.filename}: {error.strerror or error}"
+    if isinstance(error, ValueError) and _raised_by_a_check(error):
+        return str(error)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "bench":
@@ -330,10 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv
     try:
+        if args.command == "train":
+            _check_train_options(args)
         return COMMANDS[args.command](args)
-    except (UsageError, ValueError, FileNotFoundError) as error:
-        print(f"{PROG} {args.command}: error: {error}", file=sys.stderr)
-        return 2
     except ModuleNotFoundError as error:
         if (error.name or "").split(".")[0] not in TRAIN_EXTRA_MODULES:
             raise
@@ -343,6 +474,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\n{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:
+        message = user_error_message(error)
+        if message is None:
+            raise
+        print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from unet_fast import checkpoint as ckpt
 from unet_fast.benchmark.environment import describe
 
 CROSS_VALIDATION_SLICES = [f"{i:02d}" for i in range(20)]
@@ -74,9 +75,7 @@ def score(run_dir: Path, test_dir: Path, device: torch.device) -> dict:
         for key, value in (("pixel_error", pixel_error(labels.cpu(), truth)), ("rand_error", rand_error(labels.cpu(), truth)),
                            ("baseline_pixel_error", pixel_error(cell, truth)), ("baseline_rand_error", rand_error(cell, truth))):
             totals[key] += value / len(test.labels)
-    with open(directory / "state.json") as f:
-        state = json.load(f)
-    return dict(totals, checkpoint=kind, checkpoint_step=state["step"])
+    return dict(totals, checkpoint=kind, checkpoint_step=ckpt.read_state(directory)["step"])
 
 
 def run_fold(name: str, train_names: list[str], test_names: list[str], args) -> dict:
@@ -96,10 +95,7 @@ def run_fold(name: str, train_names: list[str], test_names: list[str], args) -> 
     if result.returncode != 0:
         raise RuntimeError(f"fold {name}: training failed ({result.returncode}):\n{result.stderr[-3000:]}")
     plan = json.loads((run_dir / "config.json").read_text())
-    from unet_fast import checkpoint as ckpt
-
-    with open(ckpt.find_checkpoint(run_dir) / "state.json") as f:
-        steps_run = json.load(f)["step"]
+    steps_run = ckpt.read_state(ckpt.find_checkpoint(run_dir))["step"]
     scores = score(run_dir, test_dir, torch.device(args.device))
     row = dict(fold=name, train_slices=train_names, test_slices=test_names, wall_s=wall_s,
                budget_s=plan["time_budget"], steps_planned=plan["steps"], steps_run=steps_run,

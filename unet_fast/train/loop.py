@@ -42,7 +42,7 @@ def train(config: TrainConfig, started: float | None = None) -> dict:
     checkpoint = checkpoint_to_resume(config, run_dir, world, device)
     train_set, val_set = load_datasets(config)
     state = _initial_state(config, train_set, device, rank)
-    start, elapsed_before = state.restore(checkpoint, rank) if checkpoint is not None else (0, 0.0)
+    start, elapsed_before = state.restore(checkpoint, rank, run_dir) if checkpoint is not None else (0, 0.0)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
     model = distributed.wrap(state.model, device, world)
@@ -115,8 +115,7 @@ def train(config: TrainConfig, started: float | None = None) -> dict:
         log.plot()
     best = None
     if rank == 0 and math.isfinite(best_error):
-        with open(ckpt.find_checkpoint(run_dir / ckpt.BEST) / "state.json") as f:
-            saved = json.load(f)
+        saved = ckpt.read_state(ckpt.find_checkpoint(run_dir / ckpt.BEST))
         best = dict(step=saved["step"], validation=saved["validation"])
     return dict(run_dir=str(run_dir), steps=config.steps, loss=loss_value, validation=last_val, best=best,
                 seconds=time.perf_counter() - begin, rank=rank, world_size=world)

@@ -1,7 +1,6 @@
 """What a run trains on and with: the device, the model (fast or reference) and its initialisation."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -77,11 +76,11 @@ def load_model(path, device: torch.device | str = "cpu", kind: str | None = None
     """The trained model of a run or checkpoint directory, in eval mode on ``device``. ``kind``:
     "fast" or "reference" (default: the fast model on CUDA when available, else the reference)."""
     device = torch.device(device)
-    model_state, _, state = ckpt.load_checkpoint(path, map_location="cpu")
+    model_state, _, state = ckpt.load_checkpoint(path, map_location="cpu", required=("model_config",))
     if kind is None:
         kind = "fast" if device.type == "cuda" and fast_model_class() is not None else "reference"
     model = build_model(kind, **state["model_config"])
-    model.load_state_dict(model_state)
+    ckpt.load_model_state(model, model_state, path, state["model_config"])
     return model.to(device).eval()
 
 
@@ -102,8 +101,7 @@ def choose_checkpoint(path) -> tuple[Path, str]:
 
 def describe_checkpoint(directory: Path, kind: str) -> str:
     """One line naming the checkpoint, its step and (for ``best``) its validation pixel error."""
-    with open(Path(directory) / "state.json") as f:
-        state = json.load(f)
+    state = ckpt.read_state(directory)
     if kind == "best":
         return (f"using the best checkpoint {directory} (step {state['step']}, validation pixel error "
                 f"{state['validation']['pixel_error']:.4f})")
