@@ -162,5 +162,6 @@ def test_bad_time_budget_is_a_usage_error(value, capsys):
 
 
 def test_steps_and_time_budget_are_exclusive(tmp_path, capsys):
-    assert main(["train", "--out", str(tmp_path / "a"), "--steps", "5", "--time-budget", "1m", "--device", "cpu"]) == 2
-    assert "not both" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--out", str(tmp_path / "a"), "--steps", "5", "--time-budget", "1m", "--device", "cpu"])
+    assert exit_info.value.code == 2 and "not both" in capsys.readouterr().err
