@@ -32,6 +32,7 @@ import torch
 from unet_fast import checkpoint as ckpt
 from unet_fast.benchmark.environment import describe
 
+DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "isbi2012"  # ../shared from the repo
 CROSS_VALIDATION_SLICES = [f"{i:02d}" for i in range(20)]
 FINAL_TEST_SLICES = [f"{i:02d}" for i in range(20, 30)]
 CELL = 1  # ISBI labels: 0 membrane, 255 cell (class 1)
@@ -120,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bench_recipe.py", description=__doc__.split("\n\n")[0],
         epilog="Options after -- go to 'unet-fast train' (the recipe), e.g. -- --base-channels 16 --lr-schedule cosine.")
-    parser.add_argument("--data", default="../shared/data/isbi2012", help="ISBI 2012 folder (images/, labels/ 00..29)")
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="ISBI 2012 folder (images/, labels/ 00..29)")
     parser.add_argument("--time-budget", required=True, help="per-fold budget of 'unet-fast train', e.g. 3m, 15m")
     parser.add_argument("--mode", default="cv", choices=("cv", "final"),
                         help="cv: folds of slices 00-19; final: train on 00-19, judge on 20-29")
