@@ -21,3 +21,15 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
 
 class DataError(UserError):
     """A training or label image that cannot be used: unreadable, empty, mismatched, bad label values."""
+
+
+class PathExistsError(UserError, FileExistsError):
+    """An output that already exists and may not be replaced (also a ``FileExistsError``)."""
+
+
+class PathNotFoundError(UserError, FileNotFoundError):
+    """An input path that does not exist (also a ``FileNotFoundError``)."""
+
+
+class OutputWriteError(OSError, UserError):
+    """An output that could not be written (a full disk, no permission); the message says how to go on."""
