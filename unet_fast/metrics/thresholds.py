@@ -14,12 +14,14 @@ from unet_fast.metrics.warping import warping_error
 
 @dataclass(frozen=True)
 class Metric:
-    """A scalar metric ``function(pred, target, foreground=, threshold=) -> float``."""
+    """A scalar metric ``function(pred, target, foreground=, threshold=) -> float``; ``column`` is
+    its heading in tables."""
 
     name: str
     function: Callable[..., float]
     higher_is_better: bool
     description: str
+    column: str
 
 
 def _warping(pred, target, foreground: int = 1, threshold: float | None = None) -> float:
@@ -29,13 +31,13 @@ def _warping(pred, target, foreground: int = 1, threshold: float | None = None) 
 METRICS = {
     m.name: m
     for m in (
-        Metric("pixel", pixel_error, False, "pixel error"),
-        Metric("rand", rand_error, False, "adapted Rand error 1 - V_Rand"),
-        Metric("info", info_error, False, "information error 1 - V_info"),
-        Metric("warping", _warping, False, "warping error"),
-        Metric("voi", voi_total, False, "variation of information (bits)"),
-        Metric("iou", foreground_iou, True, "foreground IoU"),
-        Metric("dice", foreground_dice, True, "foreground Dice"),
+        Metric("pixel", pixel_error, False, "pixel error", "pixel_error"),
+        Metric("rand", rand_error, False, "adapted Rand error 1 - V_Rand", "rand_error"),
+        Metric("info", info_error, False, "information error 1 - V_info", "info_error"),
+        Metric("warping", _warping, False, "warping error", "warping_error"),
+        Metric("voi", voi_total, False, "variation of information (bits)", "voi_bits"),
+        Metric("iou", foreground_iou, True, "foreground IoU", "foreground_iou"),
+        Metric("dice", foreground_dice, True, "foreground Dice", "foreground_dice"),
     )
 }
 
