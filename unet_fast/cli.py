@@ -23,7 +23,7 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 # Inputs above this many pixels per page, Zarr inputs and any .zarr --out are streamed (predict_large).
 LARGE_IMAGE_PIXELS = 4096 * 4096
 # Import names of the packages of the optional "train" extra (pyproject.toml).
-TRAIN_EXTRA_MODULES = ("scipy", "PIL", "tifffile", "safetensors", "matplotlib", "tqdm")
+TRAIN_EXTRA_MODULES = ("scipy", "PIL", "tifffile", "safetensors", "matplotlib", "tqdm", "skimage")
 
 
 class UsageError(UserError):
@@ -117,15 +117,28 @@ def _predict_parser(sub) -> None:
     p.add_argument("--layout", default=None, help="axes of the inputs, e.g. ZYX (a stack), CYX, YXC")
     p.add_argument("--channel-axis", type=int, default=None, help="the channel axis of the inputs (0 or -1)")
     _optional_bool(p, "progress", True, "show the progress bar of streamed prediction")
+    p.add_argument("--segments", action="store_true", help="also write segments (uint32 ids) as <stem>_segments.tif")
+    p.add_argument("--segments-method", default="cc", choices=("cc", "watershed"),
+                   help="connected components of the cell map, or a seeded watershed of the boundary map")
     _add_device(p)
 
 
 def _evaluate_parser(sub) -> None:
-    p = sub.add_parser("evaluate", help="compare predicted label PNGs with ground truth",
-                       description="Pixel error, foreground IoU / Dice and adapted Rand error of predicted "
-                       "label images against ground-truth label images matched by file stem.")
-    p.add_argument("--pred", required=True, help="directory of predicted label images (class ids)")
+    p = sub.add_parser("evaluate", help="score predicted class or probability maps against ground truth",
+                       description="Score predictions against ground-truth label images matched by file stem: "
+                       "the ISBI 2012 metrics (pixel, adapted Rand, information and warping errors), the "
+                       "variation of information, foreground IoU and Dice. Prints a per-image and mean table; "
+                       "with --probs, each metric at its best threshold of the foreground probability.")
+    p.add_argument("--pred", required=True, help="directory of predicted class maps (<stem>.png), or of "
+                   "<stem>_probs.tif with --probs (what 'unet-fast predict' writes)")
     p.add_argument("--labels", required=True, help="directory of ground-truth label images")
+    p.add_argument("--probs", action="store_true", help="score <stem>_probs.tif probability maps over thresholds")
+    p.add_argument("--metrics", default="all",
+                   help="comma-separated metrics among pixel, rand, info, warping, voi, iou, dice, or all")
+    p.add_argument("--thresholds", default=None, help="comma-separated thresholds with --probs (default 0.05 to 0.95 by 0.05)")
+    p.add_argument("--json", default=None, help="also write the results as JSON to this path")
+    p.add_argument("--csv", default=None, help="also write the per-image table as CSV to this path")
+    p.add_argument("--plot", default=None, help="with --probs, plot each metric against the threshold (PNG)")
     p.add_argument("--foreground", type=int, default=1, help="the class whose regions are the objects (cells)")
     p.add_argument("--num-classes", type=int, default=2, help="classes K: label values lie in [0, K)")
     _add_device(p)
@@ -313,6 +326,7 @@ def _run_predict(args) -> int:
 
     from unet_fast.data import read_image
     from unet_fast.inference import predict_tiled
+    from unet_fast.instances import write_segments
     from unet_fast.train import load_model, resolve_device
 
     rank, world, device = _distributed(resolve_device(args.device))
@@ -320,6 +334,10 @@ def _run_predict(args) -> int:
     model = load_model(args.checkpoint, device)
     out = Path(args.out)
     streamed = [p for p in paths if world > 1 or out.suffix.lower() == ".zarr" or _is_large(p)]
+    if args.segments and streamed:
+        raise UsageError(f"--segments needs in-memory prediction, but {streamed[0]} is streamed (a .zarr --out, "
+                         f"torchrun, or an input over {LARGE_IMAGE_PIXELS} pixels): segment the streamed labels "
+                         "with unet_fast.instances.segment")
     if out.suffix.lower() != ".zarr":
         out.mkdir(parents=True, exist_ok=True)
     try:
@@ -342,46 +360,27 @@ def _run_predict(args) -> int:
             _write_labels(out / f"{stem}.png", labels.cpu().numpy())
             if args.probs:
                 _write_probabilities(out / f"{stem}_probs.tif", probs.cpu().numpy())
+            if args.segments:
+                write_segments(out / f"{stem}_segments.tif", probs.cpu().numpy(), args.segments_method)
             print(f"{path} -> {out / (stem + '.png')}")
     return 0
 
 
 def _run_evaluate(args) -> int:
-    import torch
+    from unet_fast import evaluate
 
-    from unet_fast.data import read_label
-    from unet_fast.metrics import segmentation_metrics
-
-    if args.num_classes < 2:
-        raise UsageError(f"--num-classes must be >= 2, got {args.num_classes}")
-    if not 0 <= args.foreground < args.num_classes:
-        raise UsageError(f"--foreground must be a class id in [0, {args.num_classes}) (--num-classes "
-                         f"{args.num_classes}), got {args.foreground}")
-    pred_dir, label_dir = Path(args.pred), Path(args.labels)
-    for name, directory in (("--pred", pred_dir), ("--labels", label_dir)):
-        if not directory.is_dir():
-            raise UsageError(f"{name} {directory} is not a directory")
-    preds = {p.stem: p for p in pred_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.stem.endswith("_probs")}
-    truths = {p.stem: p for p in label_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-    common = sorted(preds.keys() & truths.keys())
-    if not common:
-        raise UsageError(f"no file stems in common between --pred {pred_dir} and --labels {label_dir}")
-    missing = sorted(truths.keys() - preds.keys())
-    if missing:
-        print(f"warning: no prediction for {len(missing)} label image(s), e.g. {missing[0]}", file=sys.stderr)
-    totals: dict[str, float] = {}
-    columns = ("pixel_error", "foreground_iou", "foreground_dice", "rand_error")
-    print(f"{'image':24s}" + "".join(f" {name:>15s}" for name in columns))
-    for stem in common:
-        pred = torch.from_numpy(read_label(preds[stem], args.num_classes)[0])
-        truth = torch.from_numpy(read_label(truths[stem], args.num_classes)[0])
-        if pred.shape != truth.shape:
-            raise UsageError(f"{preds[stem]} is {tuple(pred.shape)} but {truths[stem]} is {tuple(truth.shape)}")
-        scores = segmentation_metrics(pred, truth, foreground=args.foreground)
-        for key, value in scores.items():
-            totals[key] = totals.get(key, 0.0) + value / len(common)
-        print(f"{stem:24s}" + "".join(f" {scores[name]:15.4f}" for name in columns))
-    print(f"{'mean':24s}" + "".join(f" {totals[name]:15.4f}" for name in columns))
+    metrics = evaluate.parse_metrics(args.metrics)
+    if not args.probs and (args.thresholds or args.plot):
+        raise UsageError("--thresholds and --plot need --probs (probability maps to threshold)")
+    thresholds = evaluate.parse_thresholds(args.thresholds) if args.thresholds else evaluate.DEFAULT_THRESHOLDS
+    result = evaluate.evaluate_directories(args.pred, args.labels, metrics, probs=args.probs, thresholds=thresholds,
+                                           num_classes=args.num_classes, foreground=args.foreground)
+    print(evaluate.format_table(result))
+    for path, write in ((args.json, evaluate.write_json), (args.csv, evaluate.write_csv),
+                        (args.plot, evaluate.plot_thresholds)):
+        if path:
+            write(result, path)
+            print(f"wrote {path}")
     return 0
 
 
