@@ -11,6 +11,10 @@ class UserError(ValueError):
     """An input the user can fix (a file, a path, an option value); the message names it."""
 
 
+class UsageError(UserError):
+    """A mistake in the command line the user can fix; printed without a traceback, exit code 2."""
+
+
 class CheckpointError(UserError):
     """A checkpoint that is missing, damaged, refused (not safetensors/JSON) or of another model."""
 
