@@ -20,9 +20,10 @@ dtype and cast inside; gradients come back in each input's own dtype):
         u = upconv2x2(x); y1 = relu(conv3x3(cat(center_crop(skip, u), u))); y2 = relu(conv3x3(y1)).
     _head(x, w, b?, backend) -> 1x1 conv.
 
-Backend "triton" runs the fused kernels (``unet_fast.triton.conv3x3`` for the 3x3 convs, whose
+Backend "triton" runs the fused kernels (``unet_fast.triton.conv3x3_relu`` for the 3x3 convs, whose
 second encoder conv writes the pooled tensor from its epilogue, and the per-pixel GEMMs for the
-up-convolution and the head); "torch" runs ATen ops with explicit backward formulas.
+up-convolution and the head); "torch" runs the ops' ATen composites with explicit backward formulas
+(``unet_fast.ops.conv3x3_relu.composite_forward``/``composite_backward``, the op's own).
 """
 from __future__ import annotations
 
@@ -31,11 +32,11 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from unet_fast.ops._backends import dot_precision, output_memory_format
-from unet_fast.ops._validation import check_crop
-from unet_fast.ops.conv3x3 import fused_backward, fused_forward
-from unet_fast.ops.gemm_convs import conv1x1_backward_impl, conv1x1_impl, upconv2x2_backward_impl, upconv2x2_impl
-from unet_fast.reference.functional import center_crop
+from unet_fast.ops._layout import output_memory_format
+from unet_fast.ops._numerics import dot_precision
+from unet_fast.ops.conv1x1 import conv1x1_backward_impl, conv1x1_impl
+from unet_fast.ops.conv3x3_relu import composite_backward, composite_forward, fused_backward, fused_forward
+from unet_fast.ops.upconv2x2 import upconv2x2_backward_impl, upconv2x2_impl
 
 Tensor = torch.Tensor
 
@@ -54,7 +55,7 @@ def _layout(backend: str, like: Tensor) -> torch.memory_format:
 
 
 def _uses_tf32(t: Tensor) -> bool:
-    return dot_precision(t.device, t.dtype) == "tf32"
+    return dot_precision(t) == "tf32"
 
 
 # --- the 3x3 conv + ReLU (+ pool) on either backend ---------------------------------------------------
@@ -66,45 +67,22 @@ def _conv_forward(x: Tensor, skip: Tensor | None, weight: Tensor, bias: Tensor |
     "triton" always runs the Triton kernels; "auto" runs them through the same per-shape choice
     between Triton and cuDNN as ``unet_fast.ops.conv3x3_relu(backend="auto")``."""
     if backend in ("triton", "auto"):
-        return fused_forward(x, weight, bias, skip, True, pool, _uses_tf32(x), tune=backend == "auto")
-    inputs = x if skip is None else torch.cat([center_crop(skip, tuple(x.shape[-2:])), x], dim=1)
-    y = F.relu(F.conv2d(inputs, weight, bias)).contiguous(memory_format=layout)
-    return y, (F.max_pool2d(y, 2).contiguous(memory_format=layout) if pool else None)
-
-
-def _max_pool_backward(grad_pooled: Tensor, y: Tensor) -> Tensor:
-    """The gradient of max_pool2d(y, 2) routed to each window's argmax, recomputed from y."""
-    _, indices = torch.ops.aten.max_pool2d_with_indices(y, [2, 2], [2, 2])
-    return torch.ops.aten.max_pool2d_with_indices_backward(grad_pooled, y, [2, 2], [2, 2], [0, 0], [1, 1], False, indices)
+        return fused_forward(x, weight, bias, skip, relu=True, pool=pool, allow_tf32=_uses_tf32(x),
+                             tune=backend == "auto")
+    return composite_forward(x, weight, bias, skip, relu=True, pool=pool, memory_format=layout)
 
 
 def _conv_backward(grad_y: Tensor | None, grad_pooled: Tensor | None, x: Tensor, skip: Tensor | None,
                    weight: Tensor, y: Tensor, need_inputs: bool, backend: str):
     """(grad_x, grad_skip, grad_weight, grad_bias) of ``_conv_forward`` from x, skip and y; grad_x and
     grad_skip are None unless need_inputs (grad_skip also without skip)."""
+    needs = (need_inputs, need_inputs and skip is not None, True, True)
     if backend in ("triton", "auto"):
         if grad_y is None and grad_pooled is None:
             grad_y = torch.zeros_like(y)
-        needs = (need_inputs, need_inputs and skip is not None, True, True)
-        return fused_backward(grad_y, grad_pooled, x, skip, weight, y, True, grad_pooled is not None, _uses_tf32(x),
-                              backend == "auto", needs)
-    g = torch.zeros_like(y) if grad_y is None else grad_y
-    if grad_pooled is not None:
-        g = g + _max_pool_backward(grad_pooled, y)
-    g = g * (y > 0)
-    inputs = x if skip is None else torch.cat([center_crop(skip, tuple(x.shape[-2:])), x], dim=1)
-    grad_inputs, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-        g, inputs, weight, [weight.shape[0]], [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [need_inputs, True, True]
-    )
-    if not need_inputs:
-        return None, None, grad_weight, grad_bias
-    if skip is None:
-        return grad_inputs, None, grad_weight, grad_bias
-    c0 = skip.shape[1]
-    top, left = check_crop(skip.shape, x.shape)
-    bottom, right = skip.shape[2] - x.shape[2] - top, skip.shape[3] - x.shape[3] - left
-    grad_skip = F.pad(grad_inputs[:, :c0], (left, right, top, bottom))
-    return grad_inputs[:, c0:], grad_skip, grad_weight, grad_bias
+        return fused_backward(grad_y, grad_pooled, x, skip, weight, y, relu=True, pool=grad_pooled is not None,
+                              allow_tf32=_uses_tf32(x), tune=backend == "auto", needs_input_grad=needs)
+    return composite_backward(grad_y, grad_pooled, x, skip, weight, y, relu=True, needs_input_grad=needs)
 
 
 def _grad_or_empty(grad: Tensor | None, like: Tensor, layout: torch.memory_format | None = None) -> Tensor:
