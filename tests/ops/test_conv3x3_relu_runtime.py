@@ -257,11 +257,15 @@ def test_autotune_opt_out_fixes_the_kernel_configuration(monkeypatch):
     assert forward_kernels.FORWARD.fixed_tile("16bit") is None  # autotuned
 
 
-def test_autotune_opt_out_makes_auto_run_triton_without_timing(triton_device, monkeypatch):
-    monkeypatch.setenv(AUTOTUNE_ENV, "0")
+@pytest.mark.parametrize("autotune", ["1", "0"])
+def test_auto_runs_the_measured_faster_implementation_or_triton_without_timing(triton_device, monkeypatch, autotune):
+    # backend="auto" on CUDA times Triton against cuDNN per shape; here a fake timer makes ATen (timed
+    # second) the faster, and the op must then run it, forward and backward, and record it; with
+    # UNET_FAST_AUTOTUNE=0 it runs Triton and times nothing
+    monkeypatch.setenv(AUTOTUNE_ENV, autotune)
     inputs = make_inputs(2, 2, 3, 4, 6, 6, (2, 2), True, torch.float32, triton_device)
     ops_args = (inputs["x"], inputs["weight"], inputs["bias"], inputs["skip"], True, False, True)  # tune=True
-    with backend.fresh_choices(timer=no_timing):
+    with backend.fresh_choices(timer=aten_faster() if autotune == "1" else no_timing):
         y, pooled = torch.ops.unet_fast.conv3x3_relu_pool(*ops_args)
         grads = grads_of((y, pooled), inputs)
         choices = backend.chosen_backends()
@@ -269,7 +273,10 @@ def test_autotune_opt_out_makes_auto_run_triton_without_timing(triton_device, mo
     torch.testing.assert_close((y, pooled), ref_out, atol=1e-5, rtol=1e-5)
     for name in grads:
         torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-4, rtol=1e-4)
-    assert choices == {}
+    if autotune == "1":
+        assert sorted(key[0] for key in choices) == ["backward", "forward"] and set(choices.values()) == {"aten"}
+    else:
+        assert choices == {}
 
 
 # --- weight gradient: split reduction ----------------------------------------------------------------------

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from unet_fast.ops._numerics import FLOAT_DTYPES, autocast_cast, autocast_dtype
+from unet_fast.ops._layout import output_memory_format
+from unet_fast.ops._numerics import FLOAT_DTYPES, autocast_cast, autocast_disabled, autocast_dtype
 from unet_fast.ops._validation import check_same, check_tensor
 from unet_fast.ops.backend import check_backend, resolve_backend
 from unet_fast.triton.runtime import MAX_PIXELS, pixel_rows
@@ -44,6 +45,35 @@ def runs_kernels(backend: str, x: torch.Tensor) -> bool:
     """Whether the per-pixel GEMM kernels compute: always for "triton" (they raise for what they cannot
     index), never for "torch", and for the block ops' "auto" where they can index x's N*H*W pixels."""
     return backend == "triton" or (backend == "auto" and fits_pixel_kernels(x))
+
+
+def aten_forward(aten, x: torch.Tensor, backend: str) -> torch.Tensor:
+    """``aten()`` (the PyTorch composite) without autocast, in the ops' output layout for ``backend``."""
+    with autocast_disabled(x.device.type):
+        y = aten()
+    return y.contiguous(memory_format=output_memory_format(backend, x))
+
+
+def aten_backward(grad_y, x, weight, backend: str, *, out_channels: int, stride: int, transposed: bool):
+    """(grad_x, grad_weight, grad_bias) of the composite by ``aten.convolution_backward``, grad_x in
+    the ops' output layout."""
+    with autocast_disabled(x.device.type):
+        grad_x, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+            grad_y, x, weight, [out_channels], [stride, stride], [0, 0], [1, 1], transposed, [0, 0], 1,
+            [True, True, True],
+        )
+    return grad_x.contiguous(memory_format=output_memory_format(backend, x)), grad_weight.contiguous(), grad_bias
+
+
+def empty_output(x: torch.Tensor, shape, backend: str) -> torch.Tensor:
+    """The fake kernels' output: ``shape`` in x's dtype, device and the ops' output layout."""
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(backend, x))
+
+
+def empty_grads(x: torch.Tensor, weight: torch.Tensor, out_channels: int, backend: str) -> tuple:
+    """The fake backward kernels' (grad_x, grad_weight, grad_bias)."""
+    return (empty_output(x, x.shape, backend), torch.empty(weight.shape, dtype=weight.dtype, device=weight.device),
+            weight.new_empty((out_channels,)))
 
 
 def _setup_context(ctx, inputs, output) -> None:

@@ -12,9 +12,10 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from unet_fast.ops._layout import output_memory_format
-from unet_fast.ops._numerics import autocast_disabled, dot_precision
-from unet_fast.ops._pixel_gemm import check_common, register_autograd, runs_kernels
+from unet_fast.ops._numerics import dot_precision
+from unet_fast.ops._pixel_gemm import (
+    aten_backward, aten_forward, check_common, empty_grads, empty_output, register_autograd, runs_kernels,
+)
 from unet_fast.ops.backend import triton_available
 
 if triton_available():  # our kernel modules' own ImportErrors are not caught
@@ -48,20 +49,14 @@ def conv1x1_impl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     index the pixels."""
     if runs_kernels(backend, x):
         return conv1x1_forward(x, weight, bias, input_precision=dot_precision(x))
-    with autocast_disabled(x.device.type):
-        y = F.conv2d(x, weight, bias)
-    return y.contiguous(memory_format=output_memory_format(backend, x))
+    return aten_forward(lambda: F.conv2d(x, weight, bias), x, backend)
 
 
 def conv1x1_backward_impl(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, backend: str):
     """(grad_x, grad_weight, grad_bias) of ``conv1x1_impl``."""
     if runs_kernels(backend, x):
         return conv1x1_backward(grad_y, x, weight, need_input_grad=True, input_precision=dot_precision(x))
-    with autocast_disabled(x.device.type):
-        grad_x, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-            grad_y, x, weight, [weight.shape[0]], [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, True, True]
-        )
-    return grad_x.contiguous(memory_format=output_memory_format(backend, x)), grad_weight.contiguous(), grad_bias
+    return aten_backward(grad_y, x, weight, backend, out_channels=weight.shape[0], stride=1, transposed=False)
 
 
 @torch.library.custom_op("unet_fast::conv1x1", mutates_args=())
@@ -71,8 +66,7 @@ def _conv1x1_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
 
 @_conv1x1_op.register_fake
 def _conv1x1_fake(x, weight, bias, backend):
-    return torch.empty((x.shape[0], weight.shape[0], *x.shape[2:]), dtype=x.dtype, device=x.device,
-                       memory_format=output_memory_format(backend, x))
+    return empty_output(x, (x.shape[0], weight.shape[0], *x.shape[2:]), backend)
 
 
 @torch.library.custom_op("unet_fast::conv1x1_backward", mutates_args=())
@@ -83,9 +77,7 @@ def _conv1x1_backward_op(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Te
 
 @_conv1x1_backward_op.register_fake
 def _conv1x1_backward_fake(grad_y, x, weight, backend):
-    return (torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(backend, x)),
-            torch.empty(weight.shape, dtype=weight.dtype, device=weight.device),
-            weight.new_empty((weight.shape[0],)))
+    return empty_grads(x, weight, weight.shape[0], backend)
 
 
 register_autograd("conv1x1", torch.ops.unet_fast.conv1x1_backward)

@@ -12,9 +12,10 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from unet_fast.ops._layout import output_memory_format
-from unet_fast.ops._numerics import autocast_disabled, dot_precision
-from unet_fast.ops._pixel_gemm import check_common, register_autograd, runs_kernels
+from unet_fast.ops._numerics import dot_precision
+from unet_fast.ops._pixel_gemm import (
+    aten_backward, aten_forward, check_common, empty_grads, empty_output, register_autograd, runs_kernels,
+)
 from unet_fast.ops.backend import triton_available
 
 if triton_available():  # our kernel modules' own ImportErrors are not caught
@@ -48,20 +49,14 @@ def upconv2x2_impl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     index the pixels."""
     if runs_kernels(backend, x):
         return upconv2x2_forward(x, weight, bias, input_precision=dot_precision(x))
-    with autocast_disabled(x.device.type):
-        y = F.conv_transpose2d(x, weight, bias, stride=2)
-    return y.contiguous(memory_format=output_memory_format(backend, x))
+    return aten_forward(lambda: F.conv_transpose2d(x, weight, bias, stride=2), x, backend)
 
 
 def upconv2x2_backward_impl(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, backend: str):
     """(grad_x, grad_weight, grad_bias) of ``upconv2x2_impl``; grad_x in the op's output layout rule."""
     if runs_kernels(backend, x):
         return upconv2x2_backward(grad_y, x, weight, need_input_grad=True, input_precision=dot_precision(x))
-    with autocast_disabled(x.device.type):
-        grad_x, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-            grad_y, x, weight, [weight.shape[1]], [2, 2], [0, 0], [1, 1], True, [0, 0], 1, [True, True, True]
-        )
-    return grad_x.contiguous(memory_format=output_memory_format(backend, x)), grad_weight.contiguous(), grad_bias
+    return aten_backward(grad_y, x, weight, backend, out_channels=weight.shape[1], stride=2, transposed=True)
 
 
 @torch.library.custom_op("unet_fast::upconv2x2", mutates_args=())
@@ -71,9 +66,7 @@ def _upconv2x2_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
 
 @_upconv2x2_op.register_fake
 def _upconv2x2_fake(x, weight, bias, backend):
-    n, _, height, width = x.shape
-    return torch.empty((n, weight.shape[1], 2 * height, 2 * width), dtype=x.dtype, device=x.device,
-                       memory_format=output_memory_format(backend, x))
+    return empty_output(x, (x.shape[0], weight.shape[1], 2 * x.shape[2], 2 * x.shape[3]), backend)
 
 
 @torch.library.custom_op("unet_fast::upconv2x2_backward", mutates_args=())
@@ -84,9 +77,7 @@ def _upconv2x2_backward_op(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.
 
 @_upconv2x2_backward_op.register_fake
 def _upconv2x2_backward_fake(grad_y, x, weight, backend):
-    return (torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(backend, x)),
-            torch.empty(weight.shape, dtype=weight.dtype, device=weight.device),
-            weight.new_empty((weight.shape[1],)))
+    return empty_grads(x, weight, weight.shape[1], backend)
 
 
 register_autograd("upconv2x2", torch.ops.unet_fast.upconv2x2_backward)

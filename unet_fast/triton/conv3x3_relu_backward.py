@@ -1,7 +1,7 @@
 """The backward of the fused 3x3 conv (``unet_fast.triton.conv3x3_relu``): kernels, then launcher.
 
-Shapes as in the forward's module. Backward: the gradient reaching the pre-activation is g = (grad_y + routed grad_pooled) * (y > 0).
-Without pooling the ReLU mask is applied while loading grad_y; with pooling one elementwise pass
+Shapes as in the forward's module. The gradient reaching the pre-activation is
+g = (grad_y + routed grad_pooled) * (y > 0). Without pooling the ReLU mask is applied while loading grad_y; with pooling one elementwise pass
 routes grad_pooled to the first maximum of each window of y (PyTorch's tie rule) and writes g.
 dgrad is the full correlation of g with the flipped weights, written back split into skip's
 gradient (at the crop offset, zero outside) and x's; wgrad and the bias gradient reduce over M in
@@ -217,15 +217,6 @@ def _pre_activation_grad(grad_y, grad_pooled, y, relu):
         HAS_GRAD_Y=grad_y is not None, RELU=bool(relu), **POOL_GRAD_TILE,
     )
     return g, False
-
-
-def _wgrad_splits(m: int, base_programs: int, device: torch.device) -> int:
-    """How many M chunks the weight gradient is reduced over: enough programs to fill the GPU."""
-    if device.type == "cuda":
-        target = 4 * torch.cuda.get_device_properties(device).multi_processor_count
-    else:
-        target = 2 * base_programs  # exercises the two-stage reduction in the interpreter
-    return max(1, min(triton.cdiv(target, base_programs), triton.cdiv(m, 1024)))
 
 
 def _wgrad_splits(m: int, base_programs: int, device: torch.device) -> int:
