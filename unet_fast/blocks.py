@@ -50,10 +50,6 @@ def _cast(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     return None if t is None else t.to(dtype)
 
 
-def _layout(backend: str, like: Tensor) -> torch.memory_format:
-    return output_memory_format(backend, like)
-
-
 def _uses_tf32(t: Tensor) -> bool:
     return dot_precision(t) == "tf32"
 
@@ -109,7 +105,7 @@ def encoder_block(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(y1, y2, p): y1 (N, C, H-2, W-2), y2 (N, C, H-4, W-4), p = max_pool2d(y2, 2) or an empty tensor."""
     x = _encoder_conv_input(source, pooled)
-    dtype, layout = x.dtype, _layout(backend, source)
+    dtype, layout = x.dtype, output_memory_format(backend, source)
     with torch.autocast(x.device.type, enabled=False):
         y1, _ = _conv_forward(x, None, w1.to(dtype), _cast(b1, dtype), False, backend, layout)
         y2, p = _conv_forward(y1, None, w2.to(dtype), _cast(b2, dtype), emit_pool, backend, layout)
@@ -123,7 +119,7 @@ def _conv_out_shape(x_shape, channels: int, shrink: int) -> tuple[int, ...]:
 @encoder_block.register_fake
 def _encoder_block_fake(source, pooled, w1, b1, w2, b2, emit_pool, recompute, backend):
     x = _encoder_conv_input(source, pooled)
-    layout = _layout(backend, source)
+    layout = output_memory_format(backend, source)
     channels = w2.shape[0]
     y1 = torch.empty(_conv_out_shape(x.shape, w1.shape[0], 2), dtype=x.dtype, device=x.device, memory_format=layout)
     y2 = torch.empty(_conv_out_shape(x.shape, channels, 4), dtype=x.dtype, device=x.device, memory_format=layout)
@@ -140,7 +136,7 @@ def encoder_block_backward(
     b2: Optional[Tensor], need_input_grad: bool, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(grad of conv1's input (source, or the pooled tensor) or empty, grad_w1, grad_b1, grad_w2, grad_b2)."""
-    dtype, layout = y2.dtype, _layout(backend, source)
+    dtype, layout = y2.dtype, output_memory_format(backend, source)
     with torch.autocast(y2.device.type, enabled=False):
         w1c, w2c = w1.to(dtype), w2.to(dtype)
         x = F.max_pool2d(source, 2).contiguous(memory_format=layout) if has_pooled_input else source
@@ -157,7 +153,7 @@ def encoder_block_backward(
 @encoder_block_backward.register_fake
 def _encoder_block_backward_fake(grad_y1, grad_y2, grad_p, source, has_pooled_input, y1, y2, w1, b1, w2, b2,
                                  need_input_grad, backend):
-    layout = _layout(backend, source)
+    layout = output_memory_format(backend, source)
     if not need_input_grad:
         grad_x = _empty(y2)
     else:
@@ -205,7 +201,7 @@ def decoder_block(
     w2: Tensor, b2: Optional[Tensor], recompute: bool, backend: str,
 ) -> tuple[Tensor, Tensor]:
     """(y1, y2) of a decoder stage: x (N, 2C, H, W) -> y1 (N, C, 2H-2, 2W-2), y2 (N, C, 2H-4, 2W-4)."""
-    layout = _layout(backend, x)
+    layout = output_memory_format(backend, x)
     with torch.autocast(x.device.type, enabled=False):
         u = _upsample(x, up_w, up_b, backend, layout)
         y1, _ = _conv_forward(u, skip, w1.to(x.dtype), _cast(b1, x.dtype), False, backend, layout)
@@ -215,7 +211,7 @@ def decoder_block(
 
 @decoder_block.register_fake
 def _decoder_block_fake(x, skip, up_w, up_b, w1, b1, w2, b2, recompute, backend):
-    layout = _layout(backend, x)
+    layout = output_memory_format(backend, x)
     up_shape = (x.shape[0], up_w.shape[1], 2 * x.shape[2], 2 * x.shape[3])
     y1 = torch.empty(_conv_out_shape(up_shape, w1.shape[0], 2), dtype=x.dtype, device=x.device, memory_format=layout)
     y2 = torch.empty(_conv_out_shape(up_shape, w2.shape[0], 4), dtype=x.dtype, device=x.device, memory_format=layout)
@@ -229,7 +225,7 @@ def decoder_block_backward(
     b2: Optional[Tensor], backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(grad_x, grad_skip or empty, grad_up_w, grad_up_b, grad_w1, grad_b1, grad_w2, grad_b2)."""
-    dtype, layout = x.dtype, _layout(backend, x)
+    dtype, layout = x.dtype, output_memory_format(backend, x)
     with torch.autocast(x.device.type, enabled=False):
         u = _upsample(x, up_w, up_b, backend, layout)
         if y1 is None:
@@ -247,7 +243,7 @@ def decoder_block_backward(
 
 @decoder_block_backward.register_fake
 def _decoder_block_backward_fake(grad_y1, grad_y2, x, skip, y1, y2, up_w, up_b, w1, b1, w2, b2, backend):
-    layout = _layout(backend, x)
+    layout = output_memory_format(backend, x)
 
     def like(t, memory_format=torch.contiguous_format):
         return torch.empty(t.shape, dtype=t.dtype, device=t.device, memory_format=memory_format)
@@ -290,7 +286,7 @@ def head(x: Tensor, weight: Tensor, bias: Optional[Tensor], backend: str) -> Ten
 @head.register_fake
 def _head_fake(x, weight, bias, backend):
     return torch.empty((x.shape[0], weight.shape[0], *x.shape[2:]), dtype=x.dtype, device=x.device,
-                       memory_format=_layout(backend, x))
+                       memory_format=output_memory_format(backend, x))
 
 
 @torch.library.custom_op("unet_fast::_head_backward", mutates_args=())
@@ -303,7 +299,7 @@ def head_backward(grad_y: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tens
 
 @head_backward.register_fake
 def _head_backward_fake(grad_y, x, weight, bias, backend):
-    return (torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_layout(backend, x)),
+    return (torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(backend, x)),
             torch.empty(weight.shape, dtype=weight.dtype, device=weight.device),
             _empty(weight) if bias is None else torch.empty_like(bias))
 
