@@ -14,7 +14,7 @@
 #               or does not support the device), then the rest of tests/ but "slow" (the Triton kernel
 #               tests, which run on CUDA here) in the time left
 #   bench       the benchmark suite (torch.compile in its default mode), model cases only
-#   bench-ops   the op-level benchmark scripts (benchmarks/bench_*.py) through the suite
+#   bench-ops   the op benchmarks (unet_fast.benchmark.ops; benchmarks/bench_<op>.py) through the suite
 #   bench-full  the suite with torch.compile mode max-autotune, paper model at batch 8
 #
 # Each stage is sized to finish within 10 minutes on an H100: the suite stops starting cases
@@ -117,8 +117,8 @@ case "$STAGE" in
       --junitxml "$OUTDIR/pytest-gpu.xml" || failed=1
     SANITIZER=$(command -v compute-sanitizer || ls "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer" 2>/dev/null)
     if [[ -n "$SANITIZER" ]]; then
-      kernel_tests=(tests/ops/test_crop_concat.py)
-      for extra in tests/ops/test_elastic*.py; do [[ -f "$extra" ]] && kernel_tests+=("$extra"); done
+      kernel_tests=()
+      for extra in tests/ops/test_*crop_concat*.py tests/ops/test_elastic*.py; do [[ -f "$extra" ]] && kernel_tests+=("$extra"); done
       # Without the caching allocator every tensor is its own allocation, so memcheck sees its bounds.
       export PYTORCH_NO_CUDA_MEMORY_CACHING=1
       step memcheck timeout "$(left 60)" "$SANITIZER" --tool memcheck --error-exitcode 99 \

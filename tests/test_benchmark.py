@@ -90,72 +90,122 @@ def test_main_rejects_cuda_without_gpu(capsys):
     assert "no CUDA device" in capsys.readouterr().err
 
 
-def test_op_script_records_join_the_suite(tmp_path, monkeypatch):
-    # bench_conv: a "records" list, main returns an exit status, rejects --device: retried without it.
-    (tmp_path / "bench_conv.py").write_text(
-        "import argparse, dataclasses, json\n"
-        "@dataclasses.dataclass\n"  # dataclasses need the module registered in sys.modules
-        "class Case:\n"
-        "    name: str\n"
-        "def main(argv):\n"
-        "    parser = argparse.ArgumentParser()\n"
-        "    parser.add_argument('--json')\n"
-        "    parser.add_argument('--quick', action='store_true')\n"
-        "    args = parser.parse_args(argv)\n"
-        "    rows = [{'name': 'enc0', 'provider': 'fused', 'dtype': 'bf16', 'ms': 1.5, 'ratio': 1.3, 'tflops': 2.0,\n"
-        "             'mode': 'fwd', 'batch': 8, 'speedup_vs_eager': 1.4},\n"
-        "            {'name': 'enc1', 'provider': 'fused', 'status': 'skipped', 'reason': 'no GPU'},\n"
-        "            {'name': 'junk'}]\n"
-        "    json.dump({'records': rows}, open(args.json, 'w'))\n"
-        "    return 0\n"
-    )
-    # bench_augment: raises.
-    (tmp_path / "bench_augment.py").write_text("def main(argv):\n    raise RuntimeError('boom')\n")
-    # bench_weight_map: "cases" with per-provider rows, main returns its result dict and writes no file.
-    (tmp_path / "bench_weight_map.py").write_text(
-        "def main(argv):\n"
-        "    provider = {'ms': 4.0, 'mpixel_per_s': 9.0}\n"
-        "    return {'cases': [{'size': [512, 512], 'batch': 2, 'providers': {'unet_fast': provider,\n"
-        "            'scipy': {'status': 'skipped', 'reason': 'not installed'}}}]}\n"
-    )
-    monkeypatch.setenv(ops.DIR_ENV, str(tmp_path))
+def _op_benchmark_package(root, package: str, modules: dict[str, str]) -> str:
+    """A package ``package`` under ``root`` holding one module per (name, source)."""
+    folder = root / package
+    folder.mkdir()
+    (folder / "__init__.py").write_text("")
+    for name, source in modules.items():
+        (folder / f"{name}.py").write_text(source)
+    return package
+
+
+def test_op_benchmark_records_join_the_suite(tmp_path, monkeypatch):
+    package = _op_benchmark_package(tmp_path, "fake_op_benchmarks_join", {
+        # conv3x3_relu: a "records" list, main returns an exit status, rejects --device: retried without it.
+        "conv3x3_relu": (
+            "import argparse, dataclasses, json\n"
+            "@dataclasses.dataclass\n"  # dataclasses need the module registered in sys.modules
+            "class Case:\n"
+            "    name: str\n"
+            "def main(argv):\n"
+            "    parser = argparse.ArgumentParser()\n"
+            "    parser.add_argument('--json')\n"
+            "    parser.add_argument('--quick', action='store_true')\n"
+            "    args = parser.parse_args(argv)\n"
+            "    rows = [{'name': 'enc0', 'provider': 'fused', 'dtype': 'bf16', 'ms': 1.5, 'ratio': 1.3, 'tflops': 2.0,\n"
+            "             'mode': 'fwd', 'batch': 8, 'speedup_vs_eager': 1.4},\n"
+            "            {'name': 'enc1', 'provider': 'fused', 'status': 'skipped', 'reason': 'no GPU'},\n"
+            "            {'name': 'junk'}]\n"
+            "    json.dump({'records': rows}, open(args.json, 'w'))\n"
+            "    return 0\n"
+        ),
+        # elastic_warp: raises.
+        "elastic_warp": "def main(argv):\n    raise RuntimeError('boom')\n",
+        # border_distances: "cases" with per-provider rows, main returns its result dict and writes no file.
+        "border_distances": (
+            "def main(argv):\n"
+            "    provider = {'ms': 4.0, 'mpixel_per_s': 9.0}\n"
+            "    return {'cases': [{'size': [512, 512], 'batch': 2, 'providers': {'unet_fast': provider,\n"
+            "            'scipy': {'status': 'skipped', 'reason': 'not installed'}}}]}\n"
+        ),
+    })
+    monkeypatch.syspath_prepend(str(tmp_path))
     progress = []
     entries, records = ops.run_op_benchmarks(
-        "cpu", quick=True, log=lambda line: None, after_script=lambda e, r: progress.append((len(e), len(r)))
+        "cpu", quick=True, log=lambda line: None, after_script=lambda e, r: progress.append((len(e), len(r))),
+        package=package,
     )
     assert progress == [(1, 2), (2, 2), (3, 4)]
-    assert [(entry["name"], entry["status"]) for entry in entries] == [
-        ("bench_conv", "ok"), ("bench_augment", "error"), ("bench_weight_map", "ok")
+    assert [(entry["name"], entry["module"], entry["status"]) for entry in entries] == [
+        ("conv3x3_relu", f"{package}.conv3x3_relu", "ok"), ("elastic_warp", f"{package}.elastic_warp", "error"),
+        ("border_distances", f"{package}.border_distances", "ok"),
     ]
     assert "boom" in entries[1]["reason"]
     assert [(r["benchmark"], r["name"], r["provider"], r["status"]) for r in records] == [
-        ("bench_conv", "enc0", "fused", "ok"),
-        ("bench_conv", "enc1", "fused", "skipped"),
-        ("bench_weight_map", "size=512x512 batch=2", "unet_fast", "ok"),
-        ("bench_weight_map", "size=512x512 batch=2", "scipy", "skipped"),
+        ("conv3x3_relu", "enc0", "fused", "ok"),
+        ("conv3x3_relu", "enc1", "fused", "skipped"),
+        ("border_distances", "size=512x512 batch=2", "unet_fast", "ok"),
+        ("border_distances", "size=512x512 batch=2", "scipy", "skipped"),
     ]
     assert records[0]["speedup"] == 1.3 and records[0]["tflops"] == 2.0 and records[2]["mpixel_per_s"] == 9.0
     assert (records[0]["mode"], records[0]["batch"], records[0]["speedup_vs_eager"]) == ("fwd", 8, 1.4)
     problems = []
     for index, record in enumerate(records):
         schema._op_record(record, f"records[{index}]", problems)
+    for index, entry in enumerate(entries):
+        schema._fields(entry, schema.OP_ENTRY, f"op_benchmarks[{index}]", problems)
     assert problems == []
 
 
-def test_op_script_without_quick_is_skipped_in_quick_mode(tmp_path, monkeypatch):
-    (tmp_path / "bench_conv.py").write_text(
-        "import argparse\n"
-        "def main(argv):\n"
-        "    parser = argparse.ArgumentParser()\n"
-        "    parser.add_argument('--json')\n"
-        "    parser.add_argument('--device')\n"
-        "    parser.parse_args(argv)\n"
-        "    raise AssertionError('the full run must not start in quick mode')\n"
-    )
-    monkeypatch.setenv(ops.DIR_ENV, str(tmp_path))
-    entries, records = ops.run_op_benchmarks("cpu", quick=True, log=lambda line: None)
+def test_op_benchmark_without_quick_is_skipped_and_missing_imports_are_errors(tmp_path, monkeypatch):
+    package = _op_benchmark_package(tmp_path, "fake_op_benchmarks_skip", {
+        "conv3x3_relu": (
+            "import argparse\n"
+            "def main(argv):\n"
+            "    parser = argparse.ArgumentParser()\n"
+            "    parser.add_argument('--json')\n"
+            "    parser.add_argument('--device')\n"
+            "    parser.parse_args(argv)\n"
+            "    raise AssertionError('the full run must not start in quick mode')\n"
+        ),
+        # A module the benchmark imports is missing: an error, not "no such benchmark".
+        "border_distances": "import a_package_that_is_not_installed\n",
+    })
+    monkeypatch.syspath_prepend(str(tmp_path))
+    entries, records = ops.run_op_benchmarks("cpu", quick=True, log=lambda line: None, package=package)
     assert entries[0]["status"] == "skipped" and "no --quick" in entries[0]["reason"]
-    assert "not found" in entries[1]["reason"] and records == []
+    assert entries[1]["status"] == "skipped" and "not found" in entries[1]["reason"] and records == []
+    assert entries[2]["status"] == "error" and "a_package_that_is_not_installed" in entries[2]["reason"]
+
+
+def test_the_package_runs_its_own_op_benchmarks():
+    """The suite's op benchmarks are modules of the package (no file paths), and the entry points
+    in benchmarks/ only import them."""
+    import ast
+    from pathlib import Path
+
+    entries, records = ops.run_op_benchmarks("cpu", quick=True, log=lambda line: None)
+    by_name = {entry["name"]: entry for entry in entries}
+    assert list(by_name) == list(ops.OP_BENCHMARKS)
+    # conv3x3_relu has a --quick mode (one tiny CPU shape); the others' full runs are skipped in quick mode.
+    assert by_name["conv3x3_relu"]["status"] == "ok", by_name["conv3x3_relu"]["reason"]
+    assert {r["provider"] for r in records if r["benchmark"] == "conv3x3_relu"} == {"fused", "eager"}
+    assert all(by_name[name]["status"] == "skipped" for name in ("elastic_warp", "border_distances"))
+    package = Path(benchmark.__file__).parent
+    for path in package.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = [a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names]
+        names += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+        assert not any(n == "benchmarks" or n.startswith("benchmarks.") for n in names), path
+        assert "spec_from_file_location" not in path.read_text(), path
+    entry_points = Path(__file__).resolve().parents[1] / "benchmarks"
+    if not entry_points.is_dir():
+        pytest.skip("no benchmarks/ folder next to tests/ (an installed copy)")
+    for name in ops.OP_BENCHMARKS:
+        tree = ast.parse((entry_points / f"bench_{name}.py").read_text())
+        imported = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+        assert f"unet_fast.benchmark.ops.{name}" in imported, name
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """The trainer on tiny CPU settings: exact resume, checkpoints, run directory, DDP with gloo."""
 import importlib.util
+import io
 import json
 import math
 import os
@@ -92,12 +93,12 @@ def test_checkpoint_optimizer_roundtrip():
 
 RANK_WEIGHTS_SCRIPT = """
 import os, sys, torch
-import unet_fast.train as train_module
+import unet_fast.train.models as models
 from unet_fast.cli import main
 
 built = []
-build_model = train_module.build_model
-train_module.build_model = lambda *args, **kwargs: built.append(build_model(*args, **kwargs)) or built[-1]
+build_model = models.build_model
+models.build_model = lambda *args, **kwargs: built.append(build_model(*args, **kwargs)) or built[-1]
 code = main(sys.argv[2:])
 torch.save(built[0].state_dict(), os.path.join(sys.argv[1], "rank%s.pt" % os.environ["RANK"]))
 sys.exit(code)
@@ -128,13 +129,13 @@ def test_ddp_gloo_two_processes(tmp_path):
 
 
 def test_resume_rejects_a_changed_run_or_world_size(tmp_path, monkeypatch):
-    import unet_fast.train as train_module
+    from unet_fast.train import distributed
 
     out = str(tmp_path / "run")
     train(TrainConfig(out=out, steps=1, **TINY))
     with pytest.raises(ValueError, match="base_channels=8"):
         train(TrainConfig(out=out, steps=2, resume=True, **dict(TINY, base_channels=8)))
-    monkeypatch.setattr(train_module, "_distributed", lambda device: (0, 2, device))
+    monkeypatch.setattr(distributed, "setup", lambda device: (0, 2, device))
     with pytest.raises(ValueError, match="1 process"):
         train(TrainConfig(out=out, steps=2, resume=True, **TINY))
 
@@ -261,3 +262,60 @@ def test_augmented_tiles_rotate_with_real_context():
     cut = tiles.images[0][None, :, top : top + 60, top : top + 60]
     isolated, = rotation_only(cut, generator=torch.Generator().manual_seed(3))[:1]
     assert plane_residual(isolated[0, 0]) > 0.01  # the old way: reflected corners
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_off_a_terminal_prints_plain_lines_at_log_intervals(monkeypatch):
+    """A log file gets one line per logged step, no carriage returns; the ETA is the remaining
+    steps at the mean rate since the (resumed) start."""
+    from unet_fast.train import reporting
+
+    now = [100.0]
+    monkeypatch.setattr(reporting.time, "perf_counter", lambda: now[0])
+    stream = io.StringIO()
+    progress = reporting.Progress(20, 2, stream=stream)  # resumed at step 2
+    progress.update(3, 0.75, 2.0)  # not a log step: nothing
+    now[0] = 130.0
+    progress.update(5, 0.25, 1.5, log_line=True)  # 30 s for 3 steps: 15 steps left take 150 s
+    progress.message("step 5: validation")
+    progress.close()
+    eta = (20 - 5) * 30.0 / (5 - 2)
+    assert stream.getvalue().splitlines() == [
+        f"step 5/20  elapsed 00:30, ETA {int(eta) // 60:02d}:{int(eta) % 60:02d}, loss 0.2500, 1.5 tiles/s",
+        "step 5: validation",
+    ]
+    assert "\r" not in stream.getvalue()
+    silent = io.StringIO()
+    off = reporting.Progress(20, 0, enabled=False, stream=silent)
+    off.update(5, 0.25, 1.5, log_line=True)
+    off.message("validation")  # validation results are printed with the bar switched off too
+    assert silent.getvalue() == "validation\n"
+
+
+def test_progress_on_a_terminal_redraws_a_tqdm_bar():
+    from unet_fast.train.reporting import Progress
+
+    stream = _Terminal()
+    progress = Progress(4, 0, stream=stream)
+    for step in range(1, 5):
+        progress.update(step, 0.5 / step, 3.0, log_line=step % 2 == 0)
+    progress.message("step 4: validation")
+    progress.close()
+    out = stream.getvalue()
+    assert "\r" in out and "\nstep 4: validation\n" in "\n" + out.replace("\r", "\n")
+    final = out.replace("\r", "\n").strip().splitlines()[-1]
+    assert final.startswith("step 4/4 |") and "ETA 00:00" in final and final.endswith("loss 0.1250, 3.0 tiles/s")
+
+
+def test_training_output_to_a_pipe_is_plain_lines(tmp_path, capsys):
+    train(TrainConfig(out=str(tmp_path / "run"), steps=2, **dict(TINY, progress=True)))
+    lines = capsys.readouterr().err.splitlines()
+    steps = [line for line in lines if line.startswith("step ") and "/" in line.split()[1]]
+    assert [line.split()[1] for line in steps] == ["1/2", "2/2"]
+    assert all("ETA" in line and "tiles/s" in line and "loss" in line for line in steps)
+    assert any(line.startswith("step 2: validation pixel error") for line in lines)
+    assert not any("\r" in line for line in lines)

@@ -29,10 +29,10 @@ def _throughput(model_config: dict, device: torch.device, tile: int, rounds: int
     both, after ``warmup`` calls each (CPU convolution libraries build their kernels on first use)."""
     import statistics
 
-    from unet_fast.train import _fast_model_class
+    from unet_fast.train import fast_model_class
 
     x = torch.rand(1, model_config["in_channels"], tile, tile, device=device)
-    kinds = ["reference"] + (["fast"] if _fast_model_class() is not None else [])
+    kinds = ["reference"] + (["fast"] if fast_model_class() is not None else [])
     models = {kind: build_model(kind, **model_config).to(device).eval() for kind in kinds}
     seconds: dict[str, list[float]] = {kind: [] for kind in kinds}
 

@@ -19,7 +19,7 @@
 
 The distances come from the C++ op ``unet_fast.ops.border_distances`` (per-cell distance
 transforms on windows around each cell), far faster than one full-image scipy distance transform
-per cell; see benchmarks/bench_weight_map.py.
+per cell; see benchmarks/bench_border_distances.py.
 """
 from __future__ import annotations
 

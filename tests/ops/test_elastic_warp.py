@@ -192,6 +192,53 @@ def test_integer_image_is_sampled_nearest_exactly():
     assert elastic_warp(labels.unsqueeze(1), displacement).shape == (2, 1, 10, 11)
 
 
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.int16, torch.uint8, torch.bool])
+@pytest.mark.parametrize("layout", ["planes", "channels", "channels_last"])
+def test_integer_image_with_label_and_weight_on_wide_rows(padding, dtype, layout):
+    """The integer image's row path (AVX2 gathers where the CPU has them): rows of several 8-pixel
+    steps plus a tail, taps reflected more than once; image, label and weight against grid_sample."""
+    n, c, height, width = 2, 3, 9, 37
+    g = torch.Generator().manual_seed(11)
+    displacement = torch.randn(n, 2, height, width, generator=g) * 30
+    values = torch.randint(-(2**40), 2**40, (n, c, height, width), generator=g).to(dtype)
+    if layout == "planes":
+        values = values[:, 0]
+    elif layout == "channels_last":
+        values = values.to(memory_format=torch.channels_last)
+    label = torch.randint(0, 7, (n, height, width), generator=g)
+    weight = torch.rand(n, height, width, generator=g) * 10
+    out, label_out, weight_out = elastic_warp(values, displacement, label=label, weight=weight, padding_mode=padding)
+    sy, sx = _dense_sources(displacement)
+    keep = _not_a_tie(sy, sx)
+    # Which input pixel each output pixel copies, as 1 + its flat index (0: outside, zeros padding).
+    flat_index = torch.arange(1.0, height * width + 1).view(1, 1, height, width).expand(n, 1, height, width)
+    index = _grid_sample(flat_index, sy, sx, "nearest", padding)[:, 0].long().flatten(1)
+    planes = values.unsqueeze(1) if layout == "planes" else values
+    source = torch.cat([torch.zeros_like(planes.flatten(2)[..., :1]), planes.flatten(2)], dim=2)
+    expected = torch.gather(source, 2, index.unsqueeze(1).expand(-1, planes.shape[1], -1)).view(planes.shape)
+    assert out.dtype == dtype and out.shape == values.shape
+    kept = keep if layout == "planes" else keep.unsqueeze(1).expand_as(planes)
+    assert torch.equal(out[kept], expected.view_as(out)[kept])
+    expected_label = _grid_sample(label.unsqueeze(1), sy, sx, "nearest", padding)[:, 0]
+    assert torch.equal(label_out.double()[keep], expected_label[keep])
+    expected_weight = _grid_sample(weight.unsqueeze(1), sy, sx, "bilinear", padding)[:, 0]
+    torch.testing.assert_close(weight_out.double(), expected_weight, rtol=0, atol=FP32_RTOL * 10)
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("label_dtype", [torch.int64, torch.int32, torch.uint8])
+def test_label_warped_alone_equals_label_warped_with_the_image(padding, label_dtype):
+    """The two-call pattern (image, then label in a call of its own) gives the one call's labels bit
+    for bit, ties included (both round the same fp32 source point); coarse field, 512-wide rows."""
+    g = torch.Generator().manual_seed(5)
+    image = torch.rand(2, 1, 24, 512, generator=g)
+    label = torch.randint(0, 200, (2, 24, 512), generator=g).to(label_dtype)
+    coarse = torch.randn(2, 2, 3, 3, generator=g) * 10
+    _, label_with_image, _ = elastic_warp(image, coarse, label=label, padding_mode=padding)
+    assert torch.equal(elastic_warp(label, coarse, padding_mode=padding), label_with_image)
+
+
 @pytest.mark.parametrize("coarse", [False, True])
 def test_window_equals_crop_of_full_warp(coarse):
     image, displacement = _inputs(n=2, c=2, height=14, width=15)

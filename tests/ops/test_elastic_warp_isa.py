@@ -28,6 +28,13 @@ for inputs in torch.load(sys.argv[1]):
                                     label=inputs["label"], affine=inputs["affine"], intensity=inputs["intensity"],
                                     interpolation=interpolation, padding_mode=padding,
                                     out_size=(height + 3, width + 5), offset=(-2, -1))[:2]
+    for padding in ("zeros", "border", "reflection"):  # integer images: always nearest, copied
+        for dtype in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            values = inputs["label"].to(dtype) * 37 - 50
+            outputs += elastic_warp(values, inputs["dense"], label=inputs["label"], weight=inputs["weight"],
+                                    padding_mode=padding)
+            outputs.append(elastic_warp(values.unsqueeze(1).expand(-1, 2, -1, -1).contiguous(), inputs["coarse"],
+                                        affine=inputs["affine"], padding_mode=padding, out_size=(11, 13)))
 torch.save(outputs, sys.argv[2])
 """
 

@@ -3,6 +3,13 @@
 Run it as ``unet-fast bench`` or ``python -m unet_fast.benchmark``; ``main(argv)`` is the entry
 point both use. What is measured is described in ``unet_fast.benchmark.cases``, the JSON it
 writes in ``unet_fast.benchmark.schema``.
+
+Layout: ``cases`` (the plan), ``providers`` (the models and what each mode times), ``measure``
+(timing and memory), ``flops``, ``environment`` (device, versions, commit), ``suite`` (runs a
+plan), ``report`` (table and plot), ``schema``, and ``ops/``: one module per op benchmark and the
+runner that folds their results into the suite. All benchmark code lives here, so that it runs
+from a wheel; the repository's ``benchmarks/`` folder only holds entry points to ``ops/``, the
+GPU script and committed results.
 """
 from __future__ import annotations
 
@@ -35,10 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON (schema: unet_fast.benchmark.schema)")
     parser.add_argument("--plot", metavar="PATH", help="write a PNG plot of the speedups (needs matplotlib)")
     parser.add_argument("--providers", type=_csv, help=f"comma-separated subset of {','.join(PROVIDERS)}")
-    parser.add_argument("--modes", type=_csv, help=f"comma-separated subset of {','.join(MODES)}, or none (op scripts only)")
+    parser.add_argument("--modes", type=_csv, help=f"comma-separated subset of {','.join(MODES)}, or none (op benchmarks only)")
     parser.add_argument("--dtypes", type=_csv, help=f"comma-separated subset of {','.join(DTYPES)}")
     parser.add_argument("--shapes", type=_csv, help="comma-separated shape names (see unet_fast.benchmark.cases)")
-    parser.add_argument("--no-ops", dest="ops", action="store_false", help="skip the op-level scripts in benchmarks/")
+    parser.add_argument("--no-ops", dest="ops", action="store_false", help="skip the op benchmarks (unet_fast.benchmark.ops)")
     parser.add_argument("--time-budget", type=float, metavar="SECONDS", help="skip (and record) cases that would start after this many seconds")
     return parser
 

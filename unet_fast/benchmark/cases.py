@@ -94,7 +94,7 @@ def make_plan(
     time_budget_s: float | None = None,
 ) -> Plan:
     """The cases for a device ("cpu" or "cuda") and preset; the optional tuples restrict them
-    (ValueError for unknown names; an empty ``modes`` runs no model case, only the op scripts)."""
+    (ValueError for unknown names; an empty ``modes`` runs no model case, only the op benchmarks)."""
     all_shapes = QUICK_SHAPES if quick else STANDARD_SHAPES
     known_shapes = {shape.name: shape for shape in QUICK_SHAPES + STANDARD_SHAPES}
     for name, chosen, allowed in (

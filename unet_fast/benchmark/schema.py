@@ -22,8 +22,9 @@ Top level (an object):
                      and copy {bytes, ms, gbps} (bytes read + written per second), measured
                      in the same run
     records          list of records (below)
-    op_benchmarks    list of {name, path, status ("ok"|"skipped"|"error"), reason (str|null),
-                     seconds, result (the script's own JSON, or null)}
+    op_benchmarks    list of {name (the op), module (unet_fast.benchmark.ops.<op>), status
+                     ("ok"|"skipped"|"error"), reason (str|null), seconds, result (the op
+                     benchmark's own JSON, or null)}
     seconds          number: wall time of the whole run
 
 A record of kind "model" (one per provider x mode x shape x dtype):
@@ -42,9 +43,9 @@ A record of kind "model" (one per provider x mode x shape x dtype):
     CPU, or error;
     saved_bytes_error when saved bytes could not be counted). When not ok those are null/0.
 
-A record of kind "op" (from an op benchmark script's "records"):
+A record of kind "op" (from an op benchmark's "records"):
 
-    kind "op"; benchmark (script name); name; provider; dtype (str, may be ""); status;
+    kind "op"; benchmark (the op benchmark's name); name; provider; dtype (str, may be ""); status;
     reason; when ok, ms (number); optional numbers tflops, gbps, bandwidth_fraction,
     peak_fraction, mpixel_per_s, flops, bytes, speedup and speedup_vs_<provider>; backend and
     mode (str); batch (int).
@@ -117,7 +118,7 @@ OP_OPTIONAL = {
     "backend": (_STR, False), "mode": (_STR, False), "batch": (_INT, False),
 }
 OP_ENTRY = {
-    "name": (_STR, False), "path": (_STR, False), "status": (_STR, False), "reason": (_STR, True),
+    "name": (_STR, False), "module": (_STR, False), "status": (_STR, False), "reason": (_STR, True),
     "seconds": (_NUM, False), "result": (_DICT, True),
 }
 

@@ -1,4 +1,4 @@
-"""Runs a plan of model cases (and the op scripts) and returns the result document."""
+"""Runs a plan of model cases (and the op benchmarks) and returns the result document."""
 from __future__ import annotations
 
 import gc
@@ -140,7 +140,7 @@ def run_suite(
     log: Callable[[str], None] = print,
     checkpoint: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Runs every case of ``plan`` and, with ``ops``, the op scripts. Returns the JSON document
+    """Runs every case of ``plan`` and, with ``ops``, the op benchmarks. Returns the JSON document
     described in ``unet_fast.benchmark.schema``. ``checkpoint``, when given, receives the document
     so far (``complete`` false) after every case, so that a run killed midway leaves its results."""
     previous = torch.backends.cudnn.benchmark

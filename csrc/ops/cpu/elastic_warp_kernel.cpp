@@ -5,7 +5,8 @@
 //
 // The row loops are compiled twice: portable (SSE2 on x86-64) and, chosen at run time, for AVX2.
 // Under AVX2 a float32 bilinear row is one pass of 8-pixel steps written with intrinsics (padding,
-// taps, gathers of every channel, weight and label), and nearest labels are gathered too. Both
+// taps, gathers of every channel, weight and label), and nearest labels and integer images are
+// gathered too (an integer image: one pass for the nearest indices, then a copy per channel). Both
 // compute the header's operations in the same order (no FMA contraction: the AVX2 target does not
 // enable FMA), so their results are bitwise equal (tests/ops/test_elastic_warp_isa.py);
 // ATEN_CPU_CAPABILITY=default, which turns off torch's own AVX2 kernels, selects the portable loops.
@@ -232,7 +233,7 @@ UF_WARP_INLINE void sample_row_bilinear(const T* plane, int64_t stride_h, int64_
 }
 
 #if UF_ELASTIC_AVX2
-// copy_row_nearest of 1-byte or 8-byte elements with AVX2 gathers; returns how many leading
+// copy_row_nearest of 1-, 4- or 8-byte elements with AVX2 gathers; returns how many leading
 // pixels it did. Offsets are those of copy_row_nearest, in [0, largest_offset] (which fits in
 // int32; the caller checks). A byte is gathered as the 4-byte word ending at it (starting at
 // offset 0 for the first three bytes), so that no load reaches past the plane's last element.
@@ -240,7 +241,7 @@ template <typename L>
 UF_TARGET_AVX2 int64_t copy_row_nearest_avx2(const L* source, int32_t stride_h, int32_t stride_w,
                                              int32_t largest_offset, const int32_t* ny, const int32_t* nx,
                                              int64_t count, L* target) {
-  static_assert(sizeof(L) == 1 || sizeof(L) == 8, "1-byte or 8-byte labels");
+  static_assert(sizeof(L) == 1 || sizeof(L) == 4 || sizeof(L) == 8, "1-, 4- or 8-byte elements");
   const __m256i row_stride = _mm256_set1_epi32(stride_h), column_stride = _mm256_set1_epi32(stride_w);
   int64_t j = 0;
   if constexpr (sizeof(L) == 1) {
@@ -261,6 +262,14 @@ UF_TARGET_AVX2 int64_t copy_row_nearest_avx2(const L* source, int32_t stride_h, 
       const uint32_t high = uint32_t(_mm_cvtsi128_si32(_mm256_extracti128_si256(bytes, 1)));
       const uint64_t eight = uint64_t(low) | (uint64_t(high) << 32);
       __builtin_memcpy(target + j, &eight, 8);
+    }
+  } else if constexpr (sizeof(L) == 4) {
+    for (; j + 8 <= count; j += 8) {
+      const __m256i offset = _mm256_add_epi32(
+          _mm256_mullo_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ny + j)), row_stride),
+          _mm256_mullo_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(nx + j)), column_stride));
+      const __m256i values = _mm256_i32gather_epi32(reinterpret_cast<const int*>(source), offset, 4);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(target + j), values);
     }
   } else {
     for (; j + 4 <= count; j += 4) {
@@ -285,7 +294,7 @@ UF_WARP_INLINE void copy_row_nearest(const void* plane, int64_t stride_h, int64_
   L* target = static_cast<L*>(out);
   int64_t j = 0;
 #if UF_ELASTIC_AVX2
-  if constexpr (kAvx2 && (sizeof(L) == 1 || sizeof(L) == 8)) {
+  if constexpr (kAvx2 && sizeof(L) != 2) {
     const int64_t largest_offset = (height - 1) * stride_h + (width - 1) * stride_w;
     if (offsets_fit_int32(height, width, stride_h, stride_w))
       j = copy_row_nearest_avx2<L>(source, int32_t(stride_h), int32_t(stride_w), int32_t(largest_offset), ny, nx,
@@ -465,6 +474,86 @@ UF_WARP_INLINE void warp_row_bilinear(const WarpPointers<acc_t>& p, const WarpGe
   }
 }
 
+#if UF_ELASTIC_AVX2
+// The nearest indices of a row of padded source points into b.iy, b.ix (and a float32 weight's
+// bilinear samples), 8 pixels per step: bilinear_axis_avx2's floors rounded by round_padded_avx2,
+// as warp_row_bilinear_avx2 computes the label's. Weight offsets must fit in int32.
+template <Padding P>
+UF_TARGET_AVX2 void nearest_indices_avx2(const WarpPointers<float>& p, const WarpGeometry& g, int64_t n,
+                                         int64_t plain_row, RowBuffers<float>& b) {
+  const int64_t count = g.out_width;
+  const float* weight = p.weight ? static_cast<const float*>(p.weight) + n * g.weight.n : nullptr;
+  float* weight_out = p.weight ? static_cast<float*>(p.weight_out) + plain_row : nullptr;
+  const __m256i rows = _mm256_set1_epi32(int32_t(g.height)), columns = _mm256_set1_epi32(int32_t(g.width));
+  const __m256i weight_h = _mm256_set1_epi32(int32_t(g.weight.h)), weight_w = _mm256_set1_epi32(int32_t(g.weight.w));
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (int64_t j = 0; j < count; j += 8) {  // whole steps: see RowBuffers
+    __m256i y0, x0;
+    __m256 wy0, wy1, wx0, wx1;
+    bilinear_axis_avx2<P>(_mm256_loadu_ps(b.sy.data() + j), g.height, y0, wy0, wy1);
+    bilinear_axis_avx2<P>(_mm256_loadu_ps(b.sx.data() + j), g.width, x0, wx0, wx1);
+    if (weight != nullptr) {
+      const __m256i stored = _mm256_cmpgt_epi32(_mm256_set1_epi32(int32_t(std::min<int64_t>(count - j, 8))), lane);
+      _mm256_maskstore_ps(weight_out + j, stored,
+                          sample_bilinear_avx2<P>(weight, weight_h, weight_w, rows, columns, y0, wy0, wy1, x0, wx0, wx1));
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(b.iy.data() + j), round_padded_avx2(y0, wy1));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(b.ix.data() + j), round_padded_avx2(x0, wx1));
+  }
+}
+#endif
+
+// An integer image (with its label and float32 weight), nearest, for padded coordinates: one pass
+// for the nearest indices (the weight sampled bilinearly on the way), as warp_row_bilinear computes
+// the label's, then one gather-copy per channel. Equal to warp_pixel's per-pixel taps: round_padded
+// is nearbyint of a padded coordinate. T is an unsigned type of the image's element size.
+template <typename T, Padding P, bool kAvx2>
+UF_WARP_INLINE void warp_row_integer(const WarpPointers<float>& p, const WarpGeometry& g, int64_t n, int64_t i,
+                                     RowBuffers<float>& b) {
+  static_assert(P != Padding::kZeros, "zeros padding has taps outside the image: per pixel");
+  const int64_t count = g.out_width;
+  const int64_t plain_row = (n * g.out_height + i) * count;  // label / weight outputs: contiguous (N, h, w)
+  int32_t* iy = b.iy.data();
+  int32_t* ix = b.ix.data();
+  bool indexed = false;
+#if UF_ELASTIC_AVX2
+  if constexpr (kAvx2) {
+    if (p.weight == nullptr || offsets_fit_int32(g.height, g.width, g.weight.h, g.weight.w)) {
+      nearest_indices_avx2<P>(p, g, n, plain_row, b);
+      indexed = true;
+    }
+  }
+#endif
+  if (!indexed) {
+    float *wy0 = b.wy0.data(), *wy1 = b.wy1.data(), *wx0 = b.wx0.data(), *wx1 = b.wx1.data();
+    pad_row<P>(b.sy.data(), b.py.data(), count, g.height);
+    pad_row<P>(b.sx.data(), b.px.data(), count, g.width);
+    bilinear_row(b.py.data(), count, iy, wy0, wy1);
+    bilinear_row(b.px.data(), count, ix, wx0, wx1);
+    if (p.weight != nullptr) {
+      const float* weight = static_cast<const float*>(p.weight) + n * g.weight.n;
+      sample_row_bilinear<float, float, P, kAvx2>(weight, g.weight.h, g.weight.w, g.height, g.width, iy, wy0, wy1, ix,
+                                                  wx0, wx1, count, static_cast<float*>(p.weight_out) + plain_row);
+    }
+    for (int64_t j = 0; j < count; ++j) {  // w1 = x - floor(x): see round_padded
+      iy[j] = round_padded(iy[j], wy1[j]);
+      ix[j] = round_padded(ix[j], wx1[j]);
+    }
+  }
+  const T* image = static_cast<const T*>(p.image) + n * g.image.n;
+  T* out = static_cast<T*>(p.out) + n * g.out.n + i * g.out.h;
+  for (int64_t c = 0; c < g.channels; ++c) {
+    if (g.out.w == 1) {
+      copy_row_nearest<T, kAvx2>(image + c * g.image.c, g.image.h, g.image.w, g.height, g.width, iy, ix, count,
+                                 out + c * g.out.c);
+    } else {  // channels_last
+      for (int64_t j = 0; j < count; ++j)
+        out[c * g.out.c + j * g.out.w] = image[c * g.image.c + iy[j] * g.image.h + ix[j] * g.image.w];
+    }
+  }
+  if (p.label != nullptr) warp_row_label<float, P, kAvx2>(p, g, n, plain_row, b);
+}
+
 // What every row of one call shares: the coarse grid's taps along x and their weight table.
 template <typename acc_t>
 struct ColumnTables {
@@ -565,6 +654,8 @@ UF_WARP_INLINE void warp_rows(const WarpPointers<acc_t>& pointers, const WarpGeo
     // 3. Sampling.
     if constexpr (kFloatImage && I == Interp::kBilinear) {
       warp_row_bilinear<T, acc_t, P, kAvx2>(p, g, n, i, b);
+    } else if constexpr (!kFloatImage && P != Padding::kZeros) {
+      warp_row_integer<T, P, kAvx2>(p, g, n, i, b);
     } else {
       for (int64_t j = 0; j < out_width; ++j)
         warp_pixel<T, acc_t, I, P, kFloatImage>(p, g, n, i, j, sy[j], sx[j]);
@@ -579,8 +670,8 @@ void warp_rows_portable(const WarpPointers<acc_t>& p, const WarpGeometry& g, con
 }
 
 #if UF_ELASTIC_AVX2
-// The same loops compiled for AVX2 (float32 images only: the common case, and the one with
-// gathers written for it).
+// The same loops compiled for AVX2: float32 images (the common case, with gathers written for it)
+// and integer images (nearest copies, gathered).
 template <typename T, typename acc_t, Interp I, Padding P, bool kFloatImage>
 UF_TARGET_AVX2 void warp_rows_avx2(const WarpPointers<acc_t>& p, const WarpGeometry& g,
                                    const ColumnTables<acc_t>& tables, int64_t begin, int64_t end) {
@@ -608,11 +699,12 @@ void warp_cpu(const WarpPointers<acc_t>& pointers, const WarpGeometry& geometry)
   const ColumnTables<acc_t> tables = column_tables<acc_t>(geometry);
   const int64_t rows = geometry.batch * geometry.out_height;
   const int64_t grain = std::max<int64_t>(1, 16384 / geometry.out_width);
+  constexpr bool kHasAvx2Rows = std::is_same_v<T, float> || !kFloatImage;
   bool avx2 = false;
-  if constexpr (std::is_same_v<T, float> && kFloatImage) avx2 = avx2_enabled();
+  if constexpr (kHasAvx2Rows) avx2 = avx2_enabled();
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
 #if UF_ELASTIC_AVX2
-    if constexpr (std::is_same_v<T, float> && kFloatImage) {
+    if constexpr (kHasAvx2Rows) {
       if (avx2) {
         warp_rows_avx2<T, acc_t, I, P, kFloatImage>(pointers, geometry, tables, begin, end);
         return;

@@ -1,7 +1,9 @@
 """Elastic deformation of image + label pairs: unet_fast.ops.elastic_warp against the alternatives.
 
-    python benchmarks/bench_augment.py [--device cpu|cuda] [--sizes 512 2048] [--batches 1 16]
-                                       [--rounds 5] [--json PATH]
+    python benchmarks/bench_elastic_warp.py [--device cpu|cuda] [--sizes 512 2048] [--batches 1 16]
+                                            [--rounds 5] [--json PATH]
+
+(or ``python -m unet_fast.benchmark.ops.elastic_warp`` where the package is installed).
 
 Every case warps a float32 image (N, 1, S, S) bilinearly and its label map (N, S, S) with nearest
 (uint8, as masks are stored; --label-dtype int64 for cross-entropy targets), reflection (mirror)
@@ -17,12 +19,18 @@ timed, interleaved in the same run, for:
   elasticdeform       elasticdeform.deform_grid([image, label], field, order=[1, 0], mode="mirror"),
                       one sample at a time (NumPy, CPU, single-threaded)
 
+and, in "speedups" (a row's peer's time over the row's): unet_fast and unet_fast_two_calls
+(elastic_warp(image, field) then elastic_warp(label, field)) over torch_composite; the label map
+alone (nearest) and a float32 weight map alone (N, 1, S, S) over the image alone (bilinear).
+
 Throughput is output pixels (image + label pairs) per second; ratios are unet_fast's throughput
 over each provider's. Optional providers that cannot be imported are reported as
 "skipped: <reason>" (pip packages: torchvision, elasticdeform). On CUDA the fused op's achieved
 bandwidth (bytes read + written over time) is also given as a fraction of the device's measured
 copy bandwidth. Targets (issue 4): on a 2-core CPU at 512x512, >= 3x torch_composite and >= 20x
-elasticdeform; on a GPU, >= 70% of the memory bandwidth at 2048x2048, batch 16.
+elasticdeform; on a GPU, >= 70% of the memory bandwidth at 2048x2048, batch 16. Issue 16, 2-core CPU,
+512x512 batch 1, int64 labels: label and weight alone >= 1x the image alone, two calls >= 3x and
+one call >= 5x torch_composite.
 """
 from __future__ import annotations
 
@@ -94,10 +102,20 @@ def bench_case(size: int, batch: int, device: torch.device, rounds: int, min_sam
     augment = ElasticAugment(grid=GRID, sigma=SIGMA_PX)
     augment_generator = torch.Generator().manual_seed(0)
 
+    weight = torch.rand(batch, 1, size, size, generator=g).to(device)  # a weight map alone: one float plane
     candidates = {
         "unet_fast": lambda: elastic_warp(image, coarse, label=label),
         "unet_fast_augment": lambda: augment(image, label, generator=augment_generator),
         "torch_composite": lambda: _composite(image, label, coarse),
+        # Standalone warps and the two-call pattern (image and label each in a call of its own).
+        "unet_fast_image_alone": lambda: elastic_warp(image, coarse),
+        "unet_fast_label_alone": lambda: elastic_warp(label, coarse),
+        "unet_fast_weight_alone": lambda: elastic_warp(weight, coarse),
+        "unet_fast_two_calls": lambda: (elastic_warp(image, coarse), elastic_warp(label, coarse)),
+    }
+    peers_of = {  # row: the row it is compared with (ratio: the peer's time over the row's)
+        "unet_fast": "torch_composite", "unet_fast_two_calls": "torch_composite",
+        "unet_fast_label_alone": "unet_fast_image_alone", "unet_fast_weight_alone": "unet_fast_image_alone",
     }
     skipped = {}
     torchvision_run, reason = _torchvision_provider()
@@ -132,10 +150,12 @@ def bench_case(size: int, batch: int, device: torch.device, rounds: int, min_sam
     ratios = {}
     if "ms" in providers["unet_fast"]:
         for name, result in providers.items():
-            if name != "unet_fast" and "ms" in result:
+            if name != "unet_fast" and name not in peers_of and name != "unet_fast_image_alone" and "ms" in result:
                 ratios[name] = result["ms"] / providers["unet_fast"]["ms"]
+    speedups = {f"{row}_vs_{peer}": providers[peer]["ms"] / providers[row]["ms"]
+                for row, peer in peers_of.items() if "ms" in providers[row] and "ms" in providers[peer]}
     case = {"size": [size, size], "batch": batch, "pixels": pixels, "providers": providers,
-            "speedup_of_unet_fast": ratios, "agreement": agreement}
+            "speedup_of_unet_fast": ratios, "speedups": speedups, "agreement": agreement}
     if device.type == "cuda" and "ms" in providers["unet_fast"]:
         moved = image.numel() * image.element_size() * 2 + label.numel() * label.element_size() * 2
         moved += coarse.numel() * coarse.element_size()
@@ -182,6 +202,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{size}x{size} batch {batch} (Mpixel/s): {line}", file=sys.stderr)
             print("  unet_fast speedup: " + ", ".join(f"{k} {v:.2f}x" for k, v in case["speedup_of_unet_fast"].items()),
                   file=sys.stderr)
+            print("  " + ", ".join(f"{k} {v:.2f}x" for k, v in case["speedups"].items()), file=sys.stderr)
     if device.type == "cuda":
         copy = copy_bandwidth(device, 1 << 30)
         result["copy_bandwidth_gbps"] = copy["gbps"]

@@ -1,7 +1,10 @@
-"""Border weight map: unet_fast.weight_map.weight_map against a scipy loop of one Euclidean
-distance transform per cell (the straightforward implementation of the paper's formula).
+"""Border weight map (the border_distances op and the paper's formula around it):
+unet_fast.weight_map.weight_map against a scipy loop of one Euclidean distance transform per cell
+(the straightforward implementation of the paper's formula).
 
-    python benchmarks/bench_weight_map.py [--size 512] [--cell-size 48] [--repeats 5] [--json PATH]
+    python benchmarks/bench_border_distances.py [--size 512] [--cell-size 48] [--repeats 5] [--json PATH]
+
+(or ``python -m unet_fast.benchmark.ops.border_distances`` where the package is installed).
 
 The label map is a synthetic EM image (98 cells at 512x512 with the default seed and cell size).
 Times are the median over repeats of single-threaded runs (torch and the C++ op use one thread;

@@ -1,6 +1,8 @@
 """Benchmark: the fused conv3x3_relu against F.conv2d + bias + ReLU (+ cat + max_pool2d), per U-Net shape.
 
-    python benchmarks/bench_conv.py --dtype bf16 --batch 1 --batch 8 --json benchmarks/results/conv3x3_h100.json
+    python benchmarks/bench_conv3x3_relu.py --dtype bf16 --batch 1 --batch 8 --json benchmarks/results/conv3x3_h100.json
+
+(or ``python -m unet_fast.benchmark.ops.conv3x3_relu`` where the package is installed).
 
 Every 3x3 conv of the paper's U-Net at a 572x572 input (or --size), forward ("fwd") and forward +
 backward ("fwdbwd"), for three providers on channels_last tensors:
@@ -176,7 +178,7 @@ QUICK_LAYERS = ("enc0.conv2", "enc3.conv1", "dec1.conv1")
 
 def run(args) -> dict:
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("bench_conv: --device cuda, but no CUDA device is available")
+        raise SystemExit("bench_conv3x3_relu: --device cuda, but no CUDA device is available")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = DTYPES[args.dtype]
     if device.type == "cuda":
@@ -188,7 +190,7 @@ def run(args) -> dict:
             blocks["compile"] = torch.compile(eager_block, mode="max-autotune", dynamic=False)
         fused_backend = "triton"
     else:
-        print("bench_conv: no CUDA device; timing one tiny shape of the torch backend on the CPU "
+        print("bench_conv3x3_relu: no CUDA device; timing one tiny shape of the torch backend on the CPU "
               "(checks that the script runs; the numbers mean nothing)", file=sys.stderr)
         shapes = [ConvShape("cpu.tiny", 1, 8, 8, 8, 18, 22, True, True)]
         blocks = {"fused": fused_block("torch"), "eager": eager_block}

@@ -1,52 +1,31 @@
-"""Runs the op-level benchmark scripts of ``benchmarks/`` and folds their results into the suite.
+"""The op benchmarks, one module per op, and how the suite runs them.
 
-Each script ``benchmarks/<name>.py`` (bench_conv, bench_augment, bench_weight_map) exposes
-``main(argv)``, returning an exit status, None or its result dict, and accepts ``--json PATH``
-and, when it can, ``--device cpu|cuda`` and ``--quick`` (a script without ``--quick`` is skipped
-in quick mode: its full run may take long). The suite imports the script from the source tree
-(``UNET_FAST_BENCHMARKS_DIR`` overrides where) and records, per script, its status and raw JSON.
+Each module ``unet_fast.benchmark.ops.<op>`` (``OP_BENCHMARKS``: conv3x3_relu, elastic_warp,
+border_distances, the last timing the border weight map built on that op) exposes ``main(argv)``,
+returning an exit status, None or its result dict, and accepts ``--json PATH`` and, when it can,
+``--device cpu|cuda`` and ``--quick`` (a benchmark without ``--quick`` is skipped in quick mode:
+its full run may take long). ``benchmarks/bench_<op>.py`` are thin entry points to the same
+``main``; ``python -m unet_fast.benchmark.ops.<op>`` runs one from an installed wheel. The suite
+imports each module by name and records, per benchmark, its status and raw JSON.
 
 Rows become suite records of kind "op" (see ``unet_fast.benchmark.schema``), so op and model
-numbers share one format: entries of the script's ``"records"`` (or ``"results"``) list that have
-a ``name`` and an ``ms``, and, for scripts organised as ``"cases": [{..., "providers": {provider:
-{"ms": ..., ...}}}]``, one record per case and provider, named by the case's scalar fields.
-A row's ``mode`` (str), ``batch`` (int) and numeric ``speedup_vs_<provider>`` fields are kept.
+numbers share one format: entries of the benchmark's ``"records"`` (or ``"results"``) list that
+have a ``name`` and an ``ms``, and, for benchmarks organised as ``"cases": [{..., "providers":
+{provider: {"ms": ..., ...}}}]``, one record per case and provider, named by the case's scalar
+fields. A row's ``mode`` (str), ``batch`` (int) and numeric ``speedup_vs_<provider>`` fields are kept.
 """
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import math
-import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
-from unet_fast.benchmark.environment import REPO_ROOT
-
-OP_SCRIPTS = ("bench_conv", "bench_augment", "bench_weight_map")
-DIR_ENV = "UNET_FAST_BENCHMARKS_DIR"
+OP_BENCHMARKS = ("conv3x3_relu", "elastic_warp", "border_distances")
 PASSED_FIELDS = ("ms", "tflops", "gbps", "bandwidth_fraction", "peak_fraction", "mpixel_per_s", "flops", "bytes", "backend")
-
-
-def benchmarks_dir() -> Path:
-    return Path(os.environ.get(DIR_ENV) or REPO_ROOT / "benchmarks")
-
-
-def _load(path: Path):
-    name = f"unet_fast_benchmarks_{path.stem}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    # Registered before running it: dataclasses and pickling look the module up by name.
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
 
 
 USAGE_ERROR = 2  # argparse's exit status for arguments it does not know
@@ -69,8 +48,8 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def op_records(script: str, result) -> list[dict]:
-    """Suite records (kind "op") from a script's JSON: entries of its "records"/"results" list
+def op_records(benchmark: str, result) -> list[dict]:
+    """Suite records (kind "op") from a benchmark's JSON: entries of its "records"/"results" list
     that have a string ``name`` and a numeric ``ms`` (or a ``status`` other than "ok")."""
     if not isinstance(result, dict):
         return []
@@ -78,7 +57,7 @@ def op_records(script: str, result) -> list[dict]:
     if not isinstance(rows, list):
         rows = _rows_from_cases(result.get("cases"))
     environment = result.get("environment") if isinstance(result.get("environment"), dict) else {}
-    default_dtype = result.get("dtype", environment.get("dtype", ""))  # a script-wide dtype
+    default_dtype = result.get("dtype", environment.get("dtype", ""))  # a benchmark-wide dtype
     records = []
     for row in rows:
         if not isinstance(row, dict) or not isinstance(row.get("name"), str):
@@ -88,7 +67,7 @@ def op_records(script: str, result) -> list[dict]:
             continue
         record = {
             "kind": "op",
-            "benchmark": script,
+            "benchmark": benchmark,
             "name": row["name"],
             "provider": str(row.get("provider", "")),
             "dtype": str(row.get("dtype", default_dtype)),
@@ -131,19 +110,18 @@ def _rows_from_cases(cases) -> list[dict]:
     return rows
 
 
-def _run_script(path: Path, device: str, quick: bool, out: Path) -> tuple[str, str | None, dict | None]:
-    """(status, reason, result) of one script run writing its JSON to ``out``."""
-    module = _load(path)
+def _run_benchmark(module, device: str, quick: bool, out: Path) -> tuple[str, str | None, dict | None]:
+    """(status, reason, result) of one benchmark run writing its JSON to ``out``."""
     if not callable(getattr(module, "main", None)):
-        raise AttributeError(f"{path} has no main(argv)")
-    # Fewer options for a script that rejects some (argparse exits with status 2).
+        raise AttributeError(f"{module.__name__} has no main(argv)")
+    # Fewer options for a benchmark that rejects some (argparse exits with status 2).
     attempts = [["--device", device, "--quick"], ["--quick"]] if quick else [["--device", device], []]
     for options in attempts:
         code, returned = _call_main(module.main, ["--json", str(out)] + options)
         if code != USAGE_ERROR or out.exists():
             break
     if code == USAGE_ERROR and not out.exists() and quick:
-        return "skipped", "the script has no --quick mode (its full run is too long for --quick)", None
+        return "skipped", "the benchmark has no --quick mode (its full run is too long for --quick)", None
     if code != 0:
         raise RuntimeError(f"main returned exit status {code}")
     if out.is_file():
@@ -158,27 +136,34 @@ def run_op_benchmarks(
     quick: bool,
     log: Callable[[str], None] = print,
     after_script: Callable[[list[dict], list[dict]], None] | None = None,
+    *,
+    package: str = __name__,
+    names: tuple[str, ...] = OP_BENCHMARKS,
 ) -> tuple[list[dict], list[dict]]:
-    """Runs every op script that exists. Returns (one entry per script: name, path, status,
-    reason, seconds, result; op records); ``after_script`` gets both, so far, after each script."""
+    """Runs the op benchmarks ``package.<name>`` for every name that exists. Returns (one entry per
+    benchmark: name, module, status, reason, seconds, result; op records); ``after_script`` gets
+    both, so far, after each benchmark."""
     entries, records = [], []
-    folder = benchmarks_dir()
-    for script in OP_SCRIPTS:
-        path = folder / f"{script}.py"
-        entry = {"name": script, "path": str(path), "status": "skipped", "reason": None, "seconds": 0.0, "result": None}
+    for name in names:
+        module_name = f"{package}.{name}"
+        entry = {"name": name, "module": module_name, "status": "skipped", "reason": None, "seconds": 0.0,
+                 "result": None}
         entries.append(entry)
-        if not path.is_file():
-            entry["reason"] = f"{path} not found (the op benchmarks live in the source tree's benchmarks/)"
-            continue
-        log(f"op benchmark {script} ...")
+        log(f"op benchmark {name} ...")
         started = time.monotonic()
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                entry["status"], entry["reason"], entry["result"] = _run_script(path, device, quick, Path(tmp) / "out.json")
-            except Exception as error:  # a broken script is reported, the suite goes on
+                module = importlib.import_module(module_name)
+                entry["status"], entry["reason"], entry["result"] = _run_benchmark(module, device, quick, Path(tmp) / "out.json")
+            except ModuleNotFoundError as error:
+                if error.name != module_name:  # a module the benchmark needs is missing: an error
+                    entry["status"], entry["reason"] = "error", f"{type(error).__name__}: {error}"
+                else:
+                    entry["reason"] = f"module {module_name} not found"
+            except Exception as error:  # a broken benchmark is reported, the suite goes on
                 entry["status"], entry["reason"] = "error", f"{type(error).__name__}: {error}"
         entry["seconds"] = time.monotonic() - started
-        records.extend(op_records(script, entry["result"]))
+        records.extend(op_records(name, entry["result"]))
         if after_script is not None:
             after_script(entries, records)
     return entries, records

@@ -26,16 +26,19 @@ def tensors(device):
     return make
 
 
+def time_provider(timed, provider: str, fused, eager) -> None:
+    """Times the fused op or its eager composite, whichever ``provider`` names."""
+    timed(fused if provider == "fused" else eager)
+
+
 @pytest.mark.parametrize("provider", ["fused", "eager"])
 def test_conv3x3_relu_skip_concat(timed, benchmark, tensors, provider):
     conv3x3_relu = op("conv3x3_relu")
     skip, x = tensors(2, 16, 42, 42), tensors(2, 16, 38, 38)
     weight, bias = tensors(16, 32, 3, 3) * 0.1, tensors(16)
     benchmark.group = "conv3x3_relu skip+concat 2x(16+16)x38x38"
-    if provider == "fused":
-        timed(lambda: conv3x3_relu(x, weight, bias, skip=skip))
-    else:
-        timed(lambda: F.relu(F.conv2d(reference_crop_concat(skip, x), weight, bias)))
+    time_provider(timed, provider, lambda: conv3x3_relu(x, weight, bias, skip=skip),
+                  lambda: F.relu(F.conv2d(reference_crop_concat(skip, x), weight, bias)))
 
 
 @pytest.mark.parametrize("provider", ["fused", "eager"])
@@ -43,15 +46,12 @@ def test_conv3x3_relu_pool(timed, benchmark, tensors, provider):
     conv3x3_relu = op("conv3x3_relu")
     x, weight, bias = tensors(2, 16, 38, 38), tensors(16, 16, 3, 3) * 0.1, tensors(16)
     benchmark.group = "conv3x3_relu+pool 2x16x38x38"
-    if provider == "fused":
-        timed(lambda: conv3x3_relu(x, weight, bias, pool=True))
-    else:
 
-        def eager():
-            y = F.relu(F.conv2d(x, weight, bias))
-            return y, F.max_pool2d(y, 2)
+    def eager():
+        y = F.relu(F.conv2d(x, weight, bias))
+        return y, F.max_pool2d(y, 2)
 
-        timed(eager)
+    time_provider(timed, provider, lambda: conv3x3_relu(x, weight, bias, pool=True), eager)
 
 
 @pytest.mark.parametrize("provider", ["fused", "eager"])
@@ -59,10 +59,7 @@ def test_upconv2x2(timed, benchmark, tensors, provider):
     upconv2x2 = op("upconv2x2")
     x, weight, bias = tensors(2, 32, 18, 18), tensors(32, 16, 2, 2) * 0.1, tensors(16)
     benchmark.group = "upconv2x2 2x32x18x18 -> 16"
-    if provider == "fused":
-        timed(lambda: upconv2x2(x, weight, bias))
-    else:
-        timed(lambda: F.conv_transpose2d(x, weight, bias, stride=2))
+    time_provider(timed, provider, lambda: upconv2x2(x, weight, bias), lambda: F.conv_transpose2d(x, weight, bias, stride=2))
 
 
 @pytest.mark.parametrize("provider", ["fused", "eager"])
@@ -70,10 +67,7 @@ def test_conv1x1(timed, benchmark, tensors, provider):
     conv1x1 = op("conv1x1")
     x, weight, bias = tensors(2, 16, 36, 36), tensors(2, 16, 1, 1), tensors(2)
     benchmark.group = "conv1x1 2x16x36x36 -> 2"
-    if provider == "fused":
-        timed(lambda: conv1x1(x, weight, bias))
-    else:
-        timed(lambda: F.conv2d(x, weight, bias))
+    time_provider(timed, provider, lambda: conv1x1(x, weight, bias), lambda: F.conv2d(x, weight, bias))
 
 
 @pytest.mark.parametrize("provider", ["fused", "eager"])
@@ -85,7 +79,7 @@ def test_center_crop_concat(timed, benchmark, tensors, provider):
         crop_concat(skip, x)
     except ImportError as error:  # the C++ extension is not built
         pytest.skip(str(error))
-    timed(lambda: crop_concat(skip, x) if provider == "fused" else reference_crop_concat(skip, x))
+    time_provider(timed, provider, lambda: crop_concat(skip, x), lambda: reference_crop_concat(skip, x))
 
 
 @pytest.mark.parametrize("provider", ["fused", "grid_sample"])

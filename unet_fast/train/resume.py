@@ -1,0 +1,114 @@
+"""Checkpoints of a run and its exact resumption.
+
+A checkpoint (``unet_fast.checkpoint``) holds the model, the optimizer, the fp16 grad scaler and,
+per DDP rank, the RNG states (torch, the augmentation generator, the tile sampler), so that a
+resumed run continues exactly as if never interrupted. Only ``RESUMABLE_OPTIONS`` may differ from
+the saved configuration, and the number of processes must be the same.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from unet_fast import checkpoint as ckpt
+from unet_fast.train import distributed
+from unet_fast.train.config import TrainConfig
+
+# Options a resumed run may change: they do not alter the training trajectory.
+RESUMABLE_OPTIONS = ("steps", "out", "resume", "device", "progress", "log_interval", "val_interval",
+                     "checkpoint_interval", "compile")
+
+
+def saved_config(run_dir) -> TrainConfig:
+    """The configuration stored in the latest checkpoint of ``run_dir``; ValueError when there is none."""
+    found = ckpt.find_checkpoint(run_dir)
+    if found is None:
+        raise ValueError(f"--resume: no checkpoint in {run_dir}; start without --resume")
+    return TrainConfig.from_dict(ckpt.read_state(found, required=("config",))["config"])
+
+
+def check_resume_config(config: TrainConfig, saved: dict) -> None:
+    """ValueError naming every option that differs from the checkpoint's and would change the run."""
+    conflicts = [
+        f"{name}={getattr(config, name)!r} (the run used {saved[name]!r})"
+        for name in saved
+        if name not in RESUMABLE_OPTIONS and hasattr(config, name) and getattr(config, name) != saved[name]
+    ]
+    if conflicts:
+        raise ValueError(
+            "--resume continues the saved run, whose configuration differs in: " + ", ".join(conflicts)
+            + f"; only {', '.join(RESUMABLE_OPTIONS)} may change (or start a new run with another --out)"
+        )
+
+
+def checkpoint_to_resume(config: TrainConfig, run_dir: Path, world: int, device: torch.device):
+    """With ``config.resume``: the latest checkpoint of ``run_dir`` as (model state, optimizer
+    state, state), after checking that it continues this run. Without: None, and ValueError when
+    ``run_dir`` already holds a run (a new run never overwrites one)."""
+    found = ckpt.find_checkpoint(run_dir)
+    if not config.resume:
+        if found is not None:
+            raise ValueError(f"{run_dir} already holds a training run: pass --resume to continue it or choose another --out")
+        return None
+    if found is None:
+        raise ValueError(f"--resume: no checkpoint in {run_dir}; start without --resume")
+    checkpoint = ckpt.load_checkpoint(found, map_location=device, required=("config", "model_config", "rng", "optimizer"))
+    state = checkpoint[2]
+    check_resume_config(config, state["config"])
+    if len(state["rng"]) != world:
+        raise ValueError(
+            f"--resume: the checkpoint was written by {len(state['rng'])} process(es) but this run "
+            f"has {world}: resume with the same number of processes (torchrun --nproc_per_node)"
+        )
+    return checkpoint
+
+
+@dataclass
+class TrainingState:
+    """What a checkpoint saves and restores: the model (not DDP-wrapped), its optimizer, the fp16
+    grad scaler, the ``TrainingTiles`` (its tile sampler) and the augmentation generator."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    tiles: object
+    generator: torch.Generator
+    device: torch.device
+
+    def rng_state(self) -> dict:
+        state = {"torch": ckpt.encode_rng(torch.get_rng_state()), "data": ckpt.encode_rng(self.generator.get_state()),
+                 "tiles": self.tiles.state_dict()}
+        if self.device.type == "cuda":
+            state["cuda"] = ckpt.encode_rng(torch.cuda.get_rng_state(self.device))
+        return state
+
+    def load_rng_state(self, state: dict) -> None:
+        torch.set_rng_state(ckpt.decode_rng(state["torch"]))
+        self.tiles.load_state_dict(state["tiles"])
+        self.generator.set_state(ckpt.decode_rng(state["data"]))
+        if self.device.type == "cuda" and "cuda" in state:
+            torch.cuda.set_rng_state(ckpt.decode_rng(state["cuda"]), self.device)
+
+    def restore(self, checkpoint, rank: int, source) -> tuple[int, float]:
+        """Loads a checkpoint from ``checkpoint_to_resume`` (``source``: where it is, for messages);
+        returns (its step, the run's seconds so far)."""
+        model_state, optimizer_state, state = checkpoint
+        ckpt.load_model_state(self.model, model_state, source, self.model.config())
+        self.optimizer.load_state_dict(optimizer_state)
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.load_rng_state(state["rng"][rank])
+        return state["step"], state.get("elapsed_s", 0.0)
+
+    def save(self, run_dir: Path, config: TrainConfig, step: int, elapsed_s: float, rank: int, world: int) -> None:
+        """A checkpoint after ``step`` steps, written by rank 0 with every rank's RNG state."""
+        rng = distributed.all_gather(self.rng_state(), world)
+        if rank == 0:
+            state = dict(config=config.to_dict(), model_config=self.model.config(), rng=rng,
+                         scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None, elapsed_s=elapsed_s)
+            ckpt.save_checkpoint(run_dir, model_state=self.model.state_dict(),
+                                 optimizer_state=self.optimizer.state_dict(), state=state, step=step)
+        distributed.barrier(world)
