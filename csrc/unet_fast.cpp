@@ -1,5 +1,5 @@
 // The schemas of the unet_fast library's C++ ops (center_crop_concat, elastic_warp,
-// border_distances), and the Python module's build information. Kernels register themselves per
+// border_distances, simple_point_warp), and the Python module's build information. Kernels register themselves per
 // backend in ops/cpu/<op>_kernel.cpp and ops/cuda/<op>_kernel.cu; each op's Python wrapper, fake
 // kernel and autograd are in unet_fast/ops/<op>.py. The Triton-backed ops (conv3x3_relu,
 // upconv2x2, conv1x1) and the model's block ops are defined in Python (torch.library.custom_op in
