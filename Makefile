@@ -64,11 +64,12 @@ compat-check: $(OLDEST_STAMP)
 	cd $(OLDEST_TREE) && $(CURDIR)/$(OLDEST_VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not wheel" tests
 	cd $(OLDEST_TREE) && $(CURDIR)/$(OLDEST_VENV)/bin/python -m unet_fast.tools.aot_check --arch 80 --arch 90 --one-per-kernel
 
-# The copy's sources are replaced (so files deleted here go there too) and its build outputs kept: tar
-# restores the sources' times, so rebuilds stay incremental.
+# The copy's sources are replaced (so files deleted here go there too) and its build outputs kept (_C
+# and the _build_info.py written with it): tar restores the sources' times, so rebuilds stay incremental.
 OLDEST_SOURCES := csrc unet_fast tests benchmarks requirements setup.py pyproject.toml CMakeLists.txt README.md
 SYNC_OLDEST_TREE = mkdir -p $(OLDEST_TREE) && (cd $(OLDEST_TREE) && find $(OLDEST_SOURCES) -type f -not -name '*.so' \
-	-delete 2>/dev/null; true) && tar -c --exclude='*.so' --exclude=__pycache__ $(OLDEST_SOURCES) | tar -x -C $(OLDEST_TREE)
+	-not -path unet_fast/_build_info.py -delete 2>/dev/null; true) && tar -c --exclude='*.so' --exclude=__pycache__ \
+	--exclude=unet_fast/_build_info.py $(OLDEST_SOURCES) | tar -x -C $(OLDEST_TREE)
 
 $(OLDEST_DEPS_STAMP): requirements/dev.txt $(CONSTRAINTS) $(OLDEST_CONSTRAINTS)
 	test -x $(OLDEST_VENV)/bin/python || $(PYTHON) -m venv $(OLDEST_VENV)
