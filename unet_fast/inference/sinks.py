@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from unet_fast.errors import OutputWriteError, PathExistsError
 from unet_fast.inference.sources import TIFF_SUFFIXES, import_tifffile, import_zarr
 
 TIFF_TILE = 256  # BigTIFF tile edge: a multiple of 16, as TIFF requires
@@ -29,11 +30,11 @@ def is_tiff_path(path) -> bool:
     return Path(path).suffix.lower() in TIFF_SUFFIXES
 
 
-def _disk_error(error: OSError, out) -> OSError:
+def _disk_error(error: OSError, out) -> OutputWriteError:
     if error.errno == errno.ENOSPC:
-        return OSError(errno.ENOSPC, f"{out}: the disk is full; free space (or choose another --out) and rerun "
+        return OutputWriteError(errno.ENOSPC, f"{out}: the disk is full; free space (or choose another --out) and rerun "
                                      "with --resume to finish the remaining chunks")
-    return OSError(error.errno, f"{out}: cannot write the output ({error}); fix the problem and rerun with --resume")
+    return OutputWriteError(error.errno, f"{out}: cannot write the output ({error}); fix the problem and rerun with --resume")
 
 
 class ZarrSink:
@@ -72,11 +73,11 @@ class ZarrSink:
                                      "with --overwrite to start again")
                 return zarr.open_group(str(self.store), mode="r+", path=self.group_name or "")
             if not overwrite:
-                raise FileExistsError(f"{self.name} already holds a prediction: pass --resume (resume=True) to "
+                raise PathExistsError(f"{self.name} already holds a prediction: pass --resume (resume=True) to "
                                       "finish it or --overwrite (overwrite=True) to replace it")
         elif Path(self.store).exists() and self.group_name is None and any(Path(self.store).iterdir()) \
                 and not overwrite:
-            raise FileExistsError(f"{self.store} exists and is not a prediction store: choose another output "
+            raise PathExistsError(f"{self.store} exists and is not a prediction store: choose another output "
                                   "or pass --overwrite (overwrite=True) to replace it")
         if self.group_name is None:
             group = zarr.open_group(str(self.store), mode="w")
@@ -122,9 +123,9 @@ def partial_store(out) -> Path:
 
 def check_tiff_output(out, resume: bool, overwrite: bool) -> None:
     if Path(out).exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists: pass --overwrite (overwrite=True) to replace it")
+        raise PathExistsError(f"{out} already exists: pass --overwrite (overwrite=True) to replace it")
     if partial_store(out).exists() and not (resume or overwrite):
-        raise FileExistsError(f"{partial_store(out)} holds an interrupted prediction for {out}: pass --resume "
+        raise PathExistsError(f"{partial_store(out)} holds an interrupted prediction for {out}: pass --resume "
                               "(resume=True) to finish it or --overwrite (overwrite=True) to start again")
 
 

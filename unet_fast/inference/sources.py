@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from unet_fast.errors import PathNotFoundError
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8")
 ZARR_SUFFIXES = (".zarr",)
 IO_EXTRA_HINT = "pip install 'unet-fast[io]'"
@@ -157,7 +158,7 @@ def open_source(source, *, in_channels: int, layout: str | None = None, channel_
         path = Path(source)
         name = str(path)
         if not path.exists():
-            raise FileNotFoundError(f"{name}: no such file or directory")
+            raise PathNotFoundError(f"{name}: no such file or directory")
         if path.suffix.lower() in TIFF_SUFFIXES:
             array, known = _open_tiff(path)
         elif path.suffix.lower() == ".png":  # small by nature: read whole, as the training loader does
