@@ -194,6 +194,17 @@ def test_resume_refits_to_the_budget_left(tmp_path, warm):
     assert ckpt.load_checkpoint(out)[2]["step"] == resumed["steps"]
 
 
+def test_resume_with_a_step_count_drops_the_saved_budget(tmp_path, warm):
+    from unet_fast import checkpoint as ckpt
+    from unet_fast.cli import main
+
+    run = str(tmp_path / "run")
+    train(TrainConfig(out=run, time_budget=8.0, **TINY))
+    steps = ckpt.load_checkpoint(run)[2]["step"]
+    assert main(["train", "--out", run, "--resume", "--steps", str(steps + 2), "--no-progress"]) == 0
+    assert ckpt.load_checkpoint(run)[2]["step"] == steps + 2
+
+
 def test_the_whole_command_ends_within_the_budget(tmp_path):
     """``unet-fast train --time-budget 45s`` as a new process: from its start (interpreter, imports,
     loading) to its exit."""

@@ -237,6 +237,8 @@ def _run_train(args) -> int:
         # those that would alter the run.
         saved = saved_config(args.out)
         options = {**dataclasses.asdict(saved), **{k: options[k] for k in explicit}}
+        if "steps" in explicit:
+            options["time_budget"] = None  # a typed step count replaces the saved run's budget
     if args.paper:
         options.update(PAPER)  # _check_train_options rejected typed options that differ
     summary = train(TrainConfig(**options), started=process_started())  # the budget covers the whole command
