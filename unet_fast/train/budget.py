@@ -21,8 +21,9 @@ validations and checkpoints, the final validation, save and run log. The rule:
    that step is the last one, with the final validation and save (``config.json`` keeps the
    plan; the checkpoints record the steps run).
 
-With ``--resume`` the budget left is the budget less the run's saved elapsed time; the step count
-is refitted to it (the saved warm-up is kept).
+With ``--resume`` the budget left is the budget less the run's saved elapsed time (which, for a
+budgeted run, counts each command from its start); the step count is refitted to it (the saved
+warm-up is kept).
 """
 from __future__ import annotations
 

@@ -63,7 +63,9 @@ def train(config: TrainConfig, started: float | None = None) -> dict:
     best_error = best_validation_error(run_dir) if checkpoint is not None else math.inf
 
     progress = Progress(config.steps, start, enabled=config.progress and rank == 0)
-    begin = time.perf_counter() - elapsed_before  # elapsed_s counts the whole run across resumes
+    # elapsed_s counts the whole run across resumes; under a budget from each command's start, so
+    # that a resumed run gets what its earlier commands left of the budget.
+    begin = (started if deadline is not None else time.perf_counter()) - elapsed_before
     window = Window()
     loss_value, last_val = float("nan"), {}
     for step in range(start, config.steps):
