@@ -42,3 +42,12 @@ def all_gather(value, world: int) -> list:
 def barrier(world: int) -> None:
     if world > 1:
         dist.barrier()
+
+
+def any_rank(flag: bool, world: int, device: torch.device) -> bool:
+    """Whether ``flag`` is true on any rank, so that every rank takes the same branch."""
+    if world <= 1:
+        return flag
+    value = torch.tensor([int(flag)], device=device)  # NCCL reduces only CUDA tensors
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
