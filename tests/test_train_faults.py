@@ -119,6 +119,7 @@ def test_an_absurd_learning_rate_with_skip_stops_at_a_nonfinite_update_or_finish
         assert code == 0 and json.loads((run / "metrics.json").read_text())[-1]["skipped_steps"] >= 1
 
 
+@pytest.mark.once
 def test_fp16_resume_is_exact_with_the_grad_scaler_in_the_checkpoint(tmp_path):
     config = dict(TINY_CONFIG, amp="fp16", optimizer="adamw", checkpoint_interval=1)
     train(TrainConfig(out=str(tmp_path / "whole"), steps=2, **config))
