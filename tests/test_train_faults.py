@@ -20,6 +20,8 @@ from unet_fast.cli import main
 from unet_fast.losses import SegmentationLoss
 from unet_fast.train import TrainConfig, loop, train
 
+# Run once, in the main suite: the Makefile's second run on the oldest stack sets UNET_FAST_SKIP_HEAVY.
+HEAVY = pytest.mark.skipif(bool(os.environ.get("UNET_FAST_SKIP_HEAVY")), reason="heavy: runs once, in the main suite")
 TINY = ["--data", "synthetic", "--base-channels", "2", "--depth", "3", "--tile-size", "60", "--synthetic-images", "2",
         "--synthetic-size", "64", "--val-images", "0", "--log-interval", "1", "--device", "cpu", "--no-progress"]
 TINY_CONFIG = dict(data="synthetic", base_channels=2, depth=3, tile_size=60, synthetic_images=2, synthetic_size=64,
@@ -119,7 +121,7 @@ def test_an_absurd_learning_rate_with_skip_stops_at_a_nonfinite_update_or_finish
         assert code == 0 and json.loads((run / "metrics.json").read_text())[-1]["skipped_steps"] >= 1
 
 
-@pytest.mark.once
+@HEAVY
 def test_fp16_resume_is_exact_with_the_grad_scaler_in_the_checkpoint(tmp_path):
     config = dict(TINY_CONFIG, amp="fp16", optimizer="adamw", checkpoint_interval=1)
     train(TrainConfig(out=str(tmp_path / "whole"), steps=2, **config))
@@ -146,7 +148,7 @@ sys.exit(max(codes))
 """
 
 
-@pytest.mark.once
+@HEAVY
 def test_ddp_resume_equals_the_uninterrupted_run(tmp_path):
     """torchrun, 2 gloo processes: 2 steps + resume to 4 equals 4 steps, weights and both ranks' RNG."""
     script = tmp_path / "ddp_resume.py"
