@@ -39,6 +39,7 @@ def _inject(monkeypatch, bad_steps: set[int], kind: str) -> None:
             calls.append(None)
             if len(calls) not in bad_steps:
                 return loss
+            count("faults", f"non-finite {kind} steps")
             if kind == "loss":
                 return loss * float("nan")
             # sqrt'(0) = inf: the value stays finite, every gradient becomes NaN (inf * 0).
@@ -140,6 +141,7 @@ def test_fp16_resume_is_exact_with_the_grad_scaler_in_the_checkpoint(tmp_path):
 DDP_RESUME_SCRIPT = """
 import sys
 from unet_fast.cli import main
+from tests.reliability import count
 root, args = sys.argv[1], sys.argv[2:]
 codes = [main(["train", *args, "--out", root + "/whole", "--steps", "4"]),
          main(["train", *args, "--out", root + "/split", "--steps", "2"]),
