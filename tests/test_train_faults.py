@@ -19,6 +19,7 @@ from unet_fast import checkpoint as ckpt
 from unet_fast.cli import main
 from unet_fast.losses import SegmentationLoss
 from unet_fast.train import TrainConfig, loop, train
+from tests.reliability import count
 
 # Run once, in the main suite: the Makefile's second run on the oldest stack sets UNET_FAST_SKIP_HEAVY.
 HEAVY = pytest.mark.skipif(bool(os.environ.get("UNET_FAST_SKIP_HEAVY")), reason="heavy: runs once, in the main suite")
@@ -141,7 +142,6 @@ def test_fp16_resume_is_exact_with_the_grad_scaler_in_the_checkpoint(tmp_path):
 DDP_RESUME_SCRIPT = """
 import sys
 from unet_fast.cli import main
-from tests.reliability import count
 root, args = sys.argv[1], sys.argv[2:]
 codes = [main(["train", *args, "--out", root + "/whole", "--steps", "4"]),
          main(["train", *args, "--out", root + "/split", "--steps", "2"]),
