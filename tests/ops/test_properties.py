@@ -25,17 +25,21 @@ UNIT_ROUNDOFF = {torch.float64: 2.0**-53, torch.float32: 2.0**-24, torch.bfloat1
 SCALES = {"unit": 1.0, "large": 1e4, "subnormal": 1e-39}  # 1e-39: fp32 subnormal products and inputs
 
 
-def gamma(terms: int, dtype: torch.dtype) -> float:
-    # Low-precision inputs are accumulated in fp32 by every backend (the kernels' tl.dot, ATen's CPU conv).
-    u = UNIT_ROUNDOFF[torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype]
+def gamma(terms: int, dtype: torch.dtype, fp32_accumulation: bool) -> float:
+    # The Triton kernels accumulate low-precision products in fp32 (tl.dot); ATen's CPU convolutions
+    # promise no such thing (a bf16 conv_transpose2d of one channel rounds each step to bf16, found by
+    # the "long" profile), so the torch backend is held to the dtype's own roundoff.
+    low = dtype in (torch.float16, torch.bfloat16)
+    u = UNIT_ROUNDOFF[torch.float32 if low and fp32_accumulation else dtype]
     return terms * u / (1 - terms * u)
 
 
-def tolerance(bound: torch.Tensor, expected: torch.Tensor, terms: int, dtype: torch.dtype) -> torch.Tensor:
+def tolerance(bound: torch.Tensor, expected: torch.Tensor, terms: int, dtype: torch.dtype,
+              fp32_accumulation: bool = False) -> torch.Tensor:
     """Per-element error bound: accumulation (gamma_K * sum |products|), output rounding, a 2x margin,
     and the smallest subnormal of the dtype (flush-to-zero of subnormal results)."""
     tiny = torch.finfo(dtype).smallest_normal
-    return 2 * (gamma(terms, dtype) * bound + UNIT_ROUNDOFF[dtype] * expected.abs()) + tiny
+    return 2 * (gamma(terms, dtype, fp32_accumulation) * bound + UNIT_ROUNDOFF[dtype] * expected.abs()) + tiny
 
 
 def assert_within(got: torch.Tensor, expected: torch.Tensor, tol: torch.Tensor, what: str) -> None:
@@ -118,7 +122,7 @@ def check_conv3x3(case, backend):
     terms = 9 * case["weight"].shape[1] + (case["bias"] is not None)
     for name, g, e, b in zip(("y", "pooled"), got, expected, bounds):
         assert g.shape == e.shape and g.dtype == case["x"].dtype, name
-        assert_within(g, e, tolerance(b, e, terms, g.dtype), name)
+        assert_within(g, e, tolerance(b, e, terms, g.dtype, fp32_accumulation=backend == "triton"), name)
 
 
 @examples(ci=40)
