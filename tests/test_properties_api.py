@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import assume, example, given, strategies as st
+from hypothesis import example, given, strategies as st
 
 pytest.importorskip("scipy")
 

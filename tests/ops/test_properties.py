@@ -11,7 +11,6 @@ ReLU at a NaN pre-activation: PyTorch's ``threshold_backward`` passes the gradie
 the torch backend; the Triton kernels mask it with ``y > 0`` (zero). ``test_relu_backward_at_nan``
 pins that difference (NaN outputs themselves propagate alike on both backends).
 """
-import math
 
 import pytest
 import torch
