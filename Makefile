@@ -59,7 +59,7 @@ aot-check: install
 
 # On the oldest stack: the extension built (CUDA sources too), the whole test suite, and every kernel
 # in every dtype compiled ahead of time with triton 3.6. Tests that need ../shared skip in the copy, and
-# UNET_FAST_SKIP_HEAVY skips the heaviest (the 10k-pixel memory bound), which the main run covers.
+# UNET_FAST_SKIP_HEAVY skips the heaviest (the 10k-pixel memory bound, DDP and fp16 resume), which the main run covers.
 compat-check: $(OLDEST_STAMP)
 	$(SYNC_OLDEST_TREE)
 	cd $(OLDEST_TREE) && UNET_FAST_SKIP_HEAVY=1 $(CURDIR)/$(OLDEST_VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not wheel" tests

@@ -14,6 +14,7 @@ pytest.importorskip("safetensors")
 from unet_fast import checkpoint as ckpt
 from unet_fast.errors import CheckpointError, CheckpointNotFoundError, UserError
 from unet_fast.reference import UNet
+from tests.reliability import count
 
 PACKAGE = Path(__file__).resolve().parents[1] / "unet_fast"
 CONFIG = dict(in_channels=1, num_classes=2, base_channels=2, depth=3)
@@ -84,6 +85,7 @@ DAMAGE = {
 
 @pytest.mark.parametrize("case", DAMAGE)
 def test_damaged_checkpoint_names_the_file(tmp_path, case):
+    count("faults", "damaged checkpoint files")
     name, damage, message = DAMAGE[case]
     _save(tmp_path, step=1)
     directory, _, _ = _save(tmp_path, step=2)

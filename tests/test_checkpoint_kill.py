@@ -18,6 +18,7 @@ import torch
 pytest.importorskip("safetensors")
 
 from unet_fast import checkpoint as ckpt
+from tests.reliability import count
 
 KILLS = 40
 SEED = int(os.environ.get("UNET_FAST_KILL_SEED", "20261201"))
@@ -103,6 +104,9 @@ def test_sigkill_during_save_never_breaks_the_latest_checkpoint(tmp_path):
         steps_seen.append(step)
     assert reported > KILLS // 4, "too few saves completed between kills to exercise resuming"
     assert mid_save >= KILLS // 8, "too few kills landed inside a save"
+    count("faults", "SIGKILL of a saving process", KILLS)
+    count("faults", "SIGKILL inside a save (partial save left)", mid_save)
+    count("lost", "steps lost to kills", 0)
     kept = sorted(p.name for p in (run_dir / ckpt.CHECKPOINTS).glob("step_*"))
     assert len(kept) <= 3  # pruning keeps 2 (plus at most one written after latest's last update)
     if REPORT:

@@ -17,6 +17,7 @@ Image = pytest.importorskip("PIL.Image")
 
 from unet_fast import checkpoint as ckpt
 from unet_fast.cli import main, user_error_message
+from tests.reliability import count
 
 TINY = ["--data", "synthetic", "--steps", "1", "--base-channels", "2", "--depth", "3", "--tile-size", "60",
         "--synthetic-images", "1", "--synthetic-size", "64", "--val-images", "0", "--device", "cpu", "--no-progress"]
@@ -84,6 +85,7 @@ def test_argparse_errors(argv, message, capsys):
         main(argv)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and message in err and "usage: unet-fast" in err and "Traceback" not in err
+    count("bad_inputs", "cli (argparse)")
 
 
 RUNTIME = [  # (argv with {placeholders} from the paths fixture, message with them)
@@ -133,6 +135,7 @@ def test_user_errors_are_one_message_and_exit_code_2(argv, message, paths, capsy
     errors = [line for line in err.splitlines() if "error:" in line]
     assert len(errors) == 1 and errors[0].startswith(f"unet-fast {argv[0]}: error: "), err
     assert message.format(**{k: str(v) for k, v in paths.items()}) in err and "Traceback" not in err
+    count("bad_inputs", "cli (bad values, data, checkpoints)")
 
 
 def test_corrupt_latest_is_named_with_the_earlier_good_checkpoint_on_resume(paths, tmp_path, capsys):

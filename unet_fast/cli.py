@@ -91,6 +91,9 @@ def _train_parser(sub) -> None:
     p.add_argument("--warmup-fraction", type=float, default=d.warmup_fraction,
                    help="when --warmup-steps is 0: warm up over this fraction of the (fitted) steps")
     p.add_argument("--amp", default=d.amp, choices=("none", "bf16", "fp16"), help="mixed precision (fp16 uses grad scaling)")
+    p.add_argument("--on-nonfinite", default=d.on_nonfinite, choices=("stop", "skip"),
+                   help="at a NaN/Inf loss or gradient: stop (naming the step; the last checkpoint stays usable) "
+                   "or skip the step and count it in the metrics")
     _optional_bool(p, "compile", d.compile, "torch.compile the model")
     _optional_bool(p, "augment", d.augment, "elastic augmentation of every tile")
     p.add_argument("--w0", type=float, default=d.w0, help="border weight amplitude")

@@ -59,6 +59,10 @@ def grads_of(out, inputs):
     return dict(zip(names, grads))
 
 
+def as_double_cpu(inputs):
+    return {k: None if t is None else t.detach().cpu().double().requires_grad_() for k, t in inputs.items()}
+
+
 def as_float(inputs):
     return {k: None if t is None else t.detach().float().requires_grad_() for k, t in inputs.items()}
 

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from tests.conftest import TRITON_DEVICE
+from tests.reliability import count
 
 
 def as_tuple(out) -> tuple:
@@ -113,3 +114,4 @@ class OpContract:
         for call, error, match in self.bad_inputs():
             with pytest.raises(error, match=match):
                 call()
+            count("bad_inputs", self.op_name)

@@ -1,9 +1,10 @@
 """unet_fast.ops.backend through its interface: the resolver's version rules and the per-shape choice."""
-import numpy
 import pytest
 import torch
+import torch.nn.functional as F
 
 from unet_fast.ops import backend as backend_module
+from unet_fast.ops import conv1x1
 from unet_fast.ops.backend import chosen_backends, choose, fresh_choices, interpreter_incompatibility, resolve_backend
 from unet_fast.triton.runtime import AUTOTUNE_ENV
 
@@ -33,9 +34,19 @@ def test_resolver_names_the_interpreter_problem_instead_of_failing_inside_triton
     assert resolve_backend("triton", torch.device("cuda"), torch.float32) == "triton"
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter's rule concerns CPU tensors")
 def test_this_environment_matches_the_rule():
-    triton = pytest.importorskip("triton")
-    assert backend_module._INTERPRETER_PROBLEM == interpreter_incompatibility(triton.__version__, numpy.__version__)
+    """What the rule says of the installed versions is what the interpreter does: where it accepts,
+    a kernel with a runtime loop bound (the 1x1 conv's K loop) runs and matches F.conv2d; where it
+    refuses, the Triton backend on CPU raises naming the problem instead of failing inside Triton."""
+    pytest.importorskip("triton")
+    x, weight = torch.randn(1, 40, 3, 4), torch.randn(5, 40, 1, 1)
+    if backend_module._INTERPRETER_PROBLEM is None:
+        # fp32 sums of 40 unit-scale products: ~40 * 2**-24 relative to their magnitude (about 6)
+        torch.testing.assert_close(conv1x1(x, weight, backend="triton"), F.conv2d(x, weight), rtol=0, atol=2e-5)
+    else:
+        with pytest.raises(ValueError, match="interpreter"):
+            conv1x1(x, weight, backend="triton")
 
 
 def test_choose_times_each_key_once_and_remembers_the_faster(monkeypatch):

@@ -182,6 +182,8 @@ def test_every_autotune_tile_computes_the_conv_and_its_gradients(triton_device, 
     a GPU that compiles each one; in the interpreter it checks each tile's edge masks."""
     if triton_device == "cpu" and dtype == torch.bfloat16:
         pytest.skip("the Triton interpreter computes bf16 wrongly")
+    if triton_device == "cpu" and tf32:
+        tolerance = _TILE_SWEEP[-1][2]  # the interpreter's dot is numpy's fp32: TF32 rounds nothing there
     c0, c1, c_out = channels
     klass = tiles.operand_class(dtype, "tf32" if tf32 else "ieee")
     gemm_tiles, wgrad_tiles = tiles.GEMM_TILES[klass], tiles.WGRAD_TILES[klass]

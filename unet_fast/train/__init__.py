@@ -25,6 +25,7 @@ Layout, one job per module (each imports only those above it in this list):
 
 - ``models``: the device choice, the model factory (fast or reference), the paper's weight
   initialisation and ``load_model`` for a trained run;
+- ``nonfinite``: NaN/Inf losses, gradients and updates, and the ``--on-nonfinite stop|skip`` policy;
 - ``config``: ``TrainConfig`` (every option, its default and its checks) and ``PAPER``;
 - ``schedule``: the optimizer and the learning-rate schedule (warm-up, constant/cosine/poly);
 - ``tiles``: the train/validation split and ``TrainingTiles``, the batches of (augmented) tiles

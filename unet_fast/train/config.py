@@ -9,6 +9,7 @@ import torch
 
 from unet_fast import shapes
 from unet_fast.train.models import fast_model_class
+from unet_fast.train.nonfinite import ON_NONFINITE
 
 DEFAULT_TILE_SIZE = 572
 # Learning rates per optimizer for the loss averaged over output pixels.
@@ -44,6 +45,7 @@ class TrainConfig:
     warmup_fraction: float = 0.0  # > 0: warmup_steps = round(fraction * steps) when warmup_steps is 0
     time_budget: float | None = None  # seconds for the whole run; fits steps (unet_fast.train.budget)
     amp: str = "none"
+    on_nonfinite: str = "stop"  # at a NaN/Inf loss or gradient: stop, or skip the step (train/nonfinite.py)
     compile: bool = False
     augment: bool = True
     w0: float = 10.0
@@ -96,7 +98,7 @@ class TrainConfig:
         if isinstance(self.depth, bool) or not isinstance(self.depth, int) or self.depth < 2:
             raise ValueError(f"depth must be an integer >= 2, got {self.depth!r}")
         choices = dict(optimizer=OPTIMIZERS, lr_schedule=SCHEDULES, amp=AMP_MODES, model=MODELS,
-                       padding=shapes.PADDINGS)
+                       padding=shapes.PADDINGS, on_nonfinite=ON_NONFINITE)
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")

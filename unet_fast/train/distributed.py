@@ -51,3 +51,12 @@ def broadcast(value, world: int):
     holder = [value]
     dist.broadcast_object_list(holder, src=0)
     return holder[0]
+
+
+def any_rank(flag: bool, world: int, device: torch.device) -> bool:
+    """Whether ``flag`` is true on any rank, so that every rank takes the same branch."""
+    if world <= 1:
+        return flag
+    value = torch.tensor([int(flag)], device=device)  # NCCL reduces only CUDA tensors
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())

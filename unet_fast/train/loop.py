@@ -14,7 +14,7 @@ from torch import nn
 
 from unet_fast import checkpoint as ckpt
 from unet_fast.losses import SegmentationLoss
-from unet_fast.train import budget, distributed, models
+from unet_fast.train import budget, distributed, models, nonfinite
 from unet_fast.train.config import TrainConfig
 from unet_fast.train.reporting import Progress, RunLog, Window
 from unet_fast.train.resume import TrainingState, best_validation_error, checkpoint_to_resume
@@ -54,7 +54,7 @@ def train(config: TrainConfig, started: float | None = None) -> dict:
     deadline = None
     if config.time_budget is not None:
         deadline = budget.Deadline(config.time_budget - elapsed_before, started)
-        config = _fit_to_budget(config, state, lambda: _optimizer_step(state, forward, loss_fn, autocast_dtype),
+        config = _fit_to_budget(config, state, lambda: _optimizer_step(state, forward, loss_fn, autocast_dtype, world),
                                 val_set, run_dir, device, rank, world, deadline, start)
         model.train()
     if rank == 0:
@@ -76,16 +76,25 @@ def train(config: TrainConfig, started: float | None = None) -> dict:
             config = dataclasses.replace(config, steps=done)
         lr = learning_rate(config, step)
         set_learning_rate(state.optimizer, lr)
-        loss_value, tiles = _optimizer_step(state, forward, loss_fn, autocast_dtype)
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"the loss became {loss_value} at step {done}: lower --lr")
-        window.add(tiles * world, loss_value)
+        loss_value, tiles, problem = _optimizer_step(state, forward, loss_fn, autocast_dtype, world)
+        unrecoverable = None if problem else nonfinite.nonfinite_weight(state.model)
+        if unrecoverable or (problem and config.on_nonfinite == "stop"):
+            progress.close()
+            if rank == 0:
+                log.write()
+            found = ckpt.find_checkpoint(run_dir)
+            problem = problem or f"the update made {unrecoverable} non-finite"
+            raise nonfinite.NonFiniteError(nonfinite.stop_message(done, problem, lr, found and str(found)))
+        if problem:
+            state.skipped_steps += 1
+            progress.message(f"step {done}: {problem}; step skipped ({state.skipped_steps} so far)")
+        window.add(tiles * world, loss_value if problem is None else None)
         tiles_per_second = window.tiles_per_second()
         progress.update(done, loss_value, tiles_per_second)
         row = None
         if _due(done, config.log_interval, config.steps):
             row = dict(step=done, loss=window.mean_loss(), lr=lr, tiles_per_s=tiles_per_second,
-                       elapsed_s=time.perf_counter() - begin)
+                       elapsed_s=time.perf_counter() - begin, skipped_steps=state.skipped_steps)
             progress.update(done, loss_value, tiles_per_second, log_line=True)
             window.reset()
         if val_set is not None and _due(done, config.val_interval, config.steps):
@@ -120,7 +129,8 @@ def train(config: TrainConfig, started: float | None = None) -> dict:
         saved = ckpt.read_state(ckpt.find_checkpoint(run_dir / ckpt.BEST))
         best = dict(step=saved["step"], validation=saved["validation"])
     return dict(run_dir=str(run_dir), steps=config.steps, loss=loss_value, validation=last_val, best=best,
-                seconds=time.perf_counter() - begin, rank=rank, world_size=world)
+                seconds=time.perf_counter() - begin, rank=rank, world_size=world,
+                skipped_steps=state.skipped_steps)
 
 
 def _fit_to_budget(config: TrainConfig, state: TrainingState, run_step, val_set, run_dir: Path,
@@ -176,18 +186,23 @@ def _initial_state(config: TrainConfig, train_set, device: torch.device, rank: i
 
 
 def _optimizer_step(state: TrainingState, forward: nn.Module, loss_fn: nn.Module,
-                    autocast_dtype: torch.dtype | None) -> tuple[float, int]:
-    """Forward (under autocast for bf16/fp16), loss, backward and optimizer step on the next batch;
-    returns (the loss, the number of tiles in the batch)."""
+                    autocast_dtype: torch.dtype | None, world: int) -> tuple[float, int, str | None]:
+    """Forward (under autocast for bf16/fp16), loss, backward and, unless the loss or a gradient is
+    non-finite on some rank, the optimizer step on the next batch; returns (the loss, the number of
+    tiles in the batch, what was non-finite or None)."""
     tiles, labels, weights = state.tiles.batch(state.generator)
     with torch.autocast(state.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         logits = forward(tiles)
     loss = loss_fn(logits.float(), labels, weights)
     state.optimizer.zero_grad(set_to_none=True)
     state.scaler.scale(loss).backward()
+    problem = nonfinite.step_problem(loss, state.model, check_gradients=not state.scaler.is_enabled())
+    if distributed.any_rank(problem is not None, world, state.device):
+        state.optimizer.zero_grad(set_to_none=True)
+        return loss.item(), tiles.shape[0], problem or "the loss or a gradient is non-finite on another rank"
     state.scaler.step(state.optimizer)
     state.scaler.update()
-    return loss.item(), tiles.shape[0]
+    return loss.item(), tiles.shape[0], None
 
 
 def _due(done: int, interval: int, steps: int) -> bool:

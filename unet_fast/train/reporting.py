@@ -68,16 +68,18 @@ class Window:
     def reset(self) -> None:
         self.begin, self.tiles, self.loss_sum, self.steps = time.perf_counter(), 0, 0.0, 0
 
-    def add(self, tiles: int, loss: float) -> None:
+    def add(self, tiles: int, loss: float | None) -> None:
+        """A step's tiles and loss; None for a skipped (non-finite) step, which the mean leaves out."""
         self.tiles += tiles
-        self.loss_sum += loss
-        self.steps += 1
+        if loss is not None:
+            self.loss_sum += loss
+            self.steps += 1
 
     def tiles_per_second(self) -> float:
         return self.tiles / max(time.perf_counter() - self.begin, 1e-9)
 
     def mean_loss(self) -> float:
-        return self.loss_sum / self.steps
+        return self.loss_sum / self.steps if self.steps else float("nan")
 
 
 class RunLog:
@@ -85,7 +87,7 @@ class RunLog:
 
     COLUMNS = ("step", "loss", "lr", "tiles_per_s", "elapsed_s",
                "val_pixel_error", "val_foreground_iou", "val_foreground_dice",
-               "val_rand_error")
+               "val_rand_error", "skipped_steps")
 
     def __init__(self, run_dir: Path, resume_step: int | None = None):
         self.run_dir = run_dir

@@ -19,9 +19,10 @@ from unet_fast import checkpoint as ckpt
 from unet_fast.train import distributed
 from unet_fast.train.config import TrainConfig
 
-# Options a resumed run may change: they do not alter the training trajectory.
+# Options a resumed run may change: they do not alter the training trajectory (on_nonfinite only
+# decides what happens at a non-finite step: a run stopped by one may resume with "skip").
 RESUMABLE_OPTIONS = ("steps", "out", "resume", "device", "progress", "log_interval", "val_interval",
-                     "checkpoint_interval", "compile", "time_budget")
+                     "checkpoint_interval", "compile", "time_budget", "on_nonfinite")
 
 
 def saved_config(run_dir) -> TrainConfig:
@@ -79,6 +80,7 @@ class TrainingState:
     tiles: object
     generator: torch.Generator
     device: torch.device
+    skipped_steps: int = 0  # non-finite steps dropped with --on-nonfinite skip, over the whole run
 
     def rng_state(self) -> dict:
         state = {"torch": ckpt.encode_rng(torch.get_rng_state()), "data": ckpt.encode_rng(self.generator.get_state()),
@@ -103,6 +105,7 @@ class TrainingState:
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.load_rng_state(state["rng"][rank])
+        self.skipped_steps = state.get("skipped_steps", 0)
         return state["step"], state.get("elapsed_s", 0.0)
 
     def snapshot(self) -> tuple:
@@ -129,7 +132,8 @@ class TrainingState:
         rng = distributed.all_gather(self.rng_state(), world)
         if rank == 0:
             state = dict(config=config.to_dict(), model_config=self.model.config(), rng=rng,
-                         scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None, elapsed_s=elapsed_s)
+                         scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None, elapsed_s=elapsed_s,
+                         skipped_steps=self.skipped_steps)
             ckpt.save_checkpoint(run_dir, model_state=self.model.state_dict(),
                                  optimizer_state=self.optimizer.state_dict(), state=state, step=step)
         distributed.barrier(world)
