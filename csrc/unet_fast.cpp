@@ -1,5 +1,9 @@
-// Every op schema of the unet_fast library, and the Python module's build information.
-// Kernels register themselves per backend in ops/cpu/*_kernel.cpp and ops/cuda/*_kernel.cu.
+// The schemas of the unet_fast library's C++ ops (center_crop_concat, elastic_warp,
+// border_distances), and the Python module's build information. Kernels register themselves per
+// backend in ops/cpu/<op>_kernel.cpp and ops/cuda/<op>_kernel.cu; each op's Python wrapper, fake
+// kernel and autograd are in unet_fast/ops/<op>.py. The Triton-backed ops (conv3x3_relu,
+// upconv2x2, conv1x1) and the model's block ops are defined in Python (torch.library.custom_op in
+// unet_fast/ops/ and unet_fast/blocks.py), not here.
 // The same sources build the Python extension (setup.py, which defines TORCH_EXTENSION_NAME) and a
 // plain shared library for C++ consumers (CMakeLists.txt), which has no Python module.
 #include <torch/library.h>

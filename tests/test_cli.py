@@ -90,8 +90,9 @@ def test_paper_does_not_override_typed_options(tmp_path, capsys, monkeypatch):
     assert main(["train", "--out", str(tmp_path / "c"), "--device", "cpu"]) == 0
     default = seen.pop("config")  # the short-run recipe: AdamW, border weights without w_c
     assert (default.optimizer, default.class_balance, default.w0, default.tile_size) == ("adamw", False, 10.0, 572)
-    assert main(["train", "--paper", "--depth", "3", "--out", str(tmp_path / "b"), "--device", "cpu"]) == 2
-    assert "--depth 5" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # an argparse error: usage line, exit code 2
+        main(["train", "--paper", "--depth", "3", "--out", str(tmp_path / "b"), "--device", "cpu"])
+    assert exit_info.value.code == 2 and "--depth 5" in capsys.readouterr().err
 
 
 def test_three_class_folder_trains_and_evaluates(tmp_path, capsys):

@@ -354,20 +354,19 @@ def test_auto_backend_reaches_the_per_shape_cudnn_choice_inside_the_model(monkey
     import itertools
 
     import unet_fast.model as model_module
-    from unet_fast.ops import conv3x3 as conv_module
+    from unet_fast.ops import backend
 
     # On a GPU "auto" keeps "auto" for the blocks; make the interpreter take the same route.
     monkeypatch.setattr(model_module, "block_backend", lambda backend, device, dtype: "auto")
-    monkeypatch.setattr(conv_module, "_BACKEND_CHOICES", {})
     monkeypatch.delenv("UNET_FAST_AUTOTUNE", raising=False)
     timings = itertools.cycle([2.0, 1.0])  # Triton is timed first, then cuDNN/aten: aten wins
-    monkeypatch.setattr(conv_module, "time_ms", lambda fn: (fn(), next(timings))[1])
     reference, fast = _pair(depth=2, base_channels=4, dropout=0.0)
     reference.to(TRITON_DEVICE), fast.to(TRITON_DEVICE)
     x = _input(reference, device=TRITON_DEVICE)
     out_ref, grads_ref = _grads(reference, x, _fixed_grad_on(x.device))
-    out_fast, grads_fast = _grads(fast, x, _fixed_grad_on(x.device))
-    picks = conv_module.chosen_backends()
+    with backend.fresh_choices(timer=lambda fn: (fn(), next(timings))[1]):
+        out_fast, grads_fast = _grads(fast, x, _fixed_grad_on(x.device))
+        picks = backend.chosen_backends()
     # 2 encoder levels + 1 decoder stage, two 3x3 convs each, timed forward and backward per shape.
     assert {key[0] for key in picks} == {"forward", "backward"} and set(picks.values()) == {"aten"}
     assert len([key for key in picks if key[0] == "forward"]) == 6

@@ -139,11 +139,6 @@ def test_class_balance_rejects_values_outside_the_classes():
         class_balance_weights(np.array([[0, -1]]), 2)
 
 
-def test_border_distances_rejects_bad_radius():
-    with pytest.raises(ValueError, match="max_distance"):
-        border_distances(np.zeros((3, 3), dtype=np.int64), -1.0)
-
-
 def test_benchmark_runs_and_agrees_with_scipy(tmp_path):
     import json
 
@@ -157,11 +152,6 @@ def test_benchmark_runs_and_agrees_with_scipy(tmp_path):
         torch.set_num_threads(threads)
     assert result["cells"] > 5 and result["max_abs_difference"] < 1e-5
     assert json.loads((tmp_path / "r.json").read_text())["speedup"] == result["speedup"]
-
-
-def test_opcheck_schema_and_fake_kernel(small_sample):
-    _, instances = small_sample
-    torch.library.opcheck(torch.ops.unet_fast.border_distances, (torch.from_numpy(instances[:40, :40])[None], 10.0))
 
 
 @pytest.mark.gpu

@@ -25,7 +25,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from unet_fast.ops.elastic import INTERPOLATIONS, PADDING_MODES, parse_int_pair, warp
+from unet_fast.ops.elastic_warp import INTERPOLATIONS, PADDING_MODES, parse_int_pair, warp
 
 # Uniform draws per sample: angle, zoom, flip x, flip y, shift x, shift y, contrast, brightness, gamma.
 _UNIFORM_DRAWS = 9

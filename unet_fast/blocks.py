@@ -20,9 +20,10 @@ dtype and cast inside; gradients come back in each input's own dtype):
         u = upconv2x2(x); y1 = relu(conv3x3(cat(center_crop(skip, u), u))); y2 = relu(conv3x3(y1)).
     _head(x, w, b?, backend) -> 1x1 conv.
 
-Backend "triton" runs the fused kernels (``unet_fast.triton.conv3x3`` for the 3x3 convs, whose
+Backend "triton" runs the fused kernels (``unet_fast.triton.conv3x3_relu`` for the 3x3 convs, whose
 second encoder conv writes the pooled tensor from its epilogue, and the per-pixel GEMMs for the
-up-convolution and the head); "torch" runs ATen ops with explicit backward formulas.
+up-convolution and the head); "torch" runs the ops' ATen composites with explicit backward formulas
+(``unet_fast.ops.conv3x3_relu.composite_forward``/``composite_backward``, the op's own).
 """
 from __future__ import annotations
 
@@ -31,11 +32,11 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from unet_fast.ops._backends import dot_precision, output_memory_format
-from unet_fast.ops._validation import check_crop
-from unet_fast.ops.conv3x3 import fused_backward, fused_forward
-from unet_fast.ops.gemm_convs import conv1x1_backward_impl, conv1x1_impl, upconv2x2_backward_impl, upconv2x2_impl
-from unet_fast.reference.functional import center_crop
+from unet_fast.ops._layout import output_memory_format
+from unet_fast.ops._numerics import dot_precision
+from unet_fast.ops.conv1x1 import conv1x1_backward_impl, conv1x1_impl
+from unet_fast.ops.conv3x3_relu import composite_backward, composite_forward, fused_backward, fused_forward
+from unet_fast.ops.upconv2x2 import upconv2x2_backward_impl, upconv2x2_impl
 
 Tensor = torch.Tensor
 
@@ -49,12 +50,8 @@ def _cast(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     return None if t is None else t.to(dtype)
 
 
-def _layout(backend: str, like: Tensor) -> torch.memory_format:
-    return output_memory_format(backend, like)
-
-
 def _uses_tf32(t: Tensor) -> bool:
-    return dot_precision(t.device, t.dtype) == "tf32"
+    return dot_precision(t) == "tf32"
 
 
 # --- the 3x3 conv + ReLU (+ pool) on either backend ---------------------------------------------------
@@ -66,45 +63,22 @@ def _conv_forward(x: Tensor, skip: Tensor | None, weight: Tensor, bias: Tensor |
     "triton" always runs the Triton kernels; "auto" runs them through the same per-shape choice
     between Triton and cuDNN as ``unet_fast.ops.conv3x3_relu(backend="auto")``."""
     if backend in ("triton", "auto"):
-        return fused_forward(x, weight, bias, skip, True, pool, _uses_tf32(x), tune=backend == "auto")
-    inputs = x if skip is None else torch.cat([center_crop(skip, tuple(x.shape[-2:])), x], dim=1)
-    y = F.relu(F.conv2d(inputs, weight, bias)).contiguous(memory_format=layout)
-    return y, (F.max_pool2d(y, 2).contiguous(memory_format=layout) if pool else None)
-
-
-def _max_pool_backward(grad_pooled: Tensor, y: Tensor) -> Tensor:
-    """The gradient of max_pool2d(y, 2) routed to each window's argmax, recomputed from y."""
-    _, indices = torch.ops.aten.max_pool2d_with_indices(y, [2, 2], [2, 2])
-    return torch.ops.aten.max_pool2d_with_indices_backward(grad_pooled, y, [2, 2], [2, 2], [0, 0], [1, 1], False, indices)
+        return fused_forward(x, weight, bias, skip, relu=True, pool=pool, allow_tf32=_uses_tf32(x),
+                             tune=backend == "auto")
+    return composite_forward(x, weight, bias, skip, relu=True, pool=pool, memory_format=layout)
 
 
 def _conv_backward(grad_y: Tensor | None, grad_pooled: Tensor | None, x: Tensor, skip: Tensor | None,
                    weight: Tensor, y: Tensor, need_inputs: bool, backend: str):
     """(grad_x, grad_skip, grad_weight, grad_bias) of ``_conv_forward`` from x, skip and y; grad_x and
     grad_skip are None unless need_inputs (grad_skip also without skip)."""
+    needs = (need_inputs, need_inputs and skip is not None, True, True)
     if backend in ("triton", "auto"):
         if grad_y is None and grad_pooled is None:
             grad_y = torch.zeros_like(y)
-        needs = (need_inputs, need_inputs and skip is not None, True, True)
-        return fused_backward(grad_y, grad_pooled, x, skip, weight, y, True, grad_pooled is not None, _uses_tf32(x),
-                              backend == "auto", needs)
-    g = torch.zeros_like(y) if grad_y is None else grad_y
-    if grad_pooled is not None:
-        g = g + _max_pool_backward(grad_pooled, y)
-    g = g * (y > 0)
-    inputs = x if skip is None else torch.cat([center_crop(skip, tuple(x.shape[-2:])), x], dim=1)
-    grad_inputs, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-        g, inputs, weight, [weight.shape[0]], [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [need_inputs, True, True]
-    )
-    if not need_inputs:
-        return None, None, grad_weight, grad_bias
-    if skip is None:
-        return grad_inputs, None, grad_weight, grad_bias
-    c0 = skip.shape[1]
-    top, left = check_crop(skip.shape, x.shape)
-    bottom, right = skip.shape[2] - x.shape[2] - top, skip.shape[3] - x.shape[3] - left
-    grad_skip = F.pad(grad_inputs[:, :c0], (left, right, top, bottom))
-    return grad_inputs[:, c0:], grad_skip, grad_weight, grad_bias
+        return fused_backward(grad_y, grad_pooled, x, skip, weight, y, relu=True, pool=grad_pooled is not None,
+                              allow_tf32=_uses_tf32(x), tune=backend == "auto", needs_input_grad=needs)
+    return composite_backward(grad_y, grad_pooled, x, skip, weight, y, relu=True, needs_input_grad=needs)
 
 
 def _grad_or_empty(grad: Tensor | None, like: Tensor, layout: torch.memory_format | None = None) -> Tensor:
@@ -131,7 +105,7 @@ def encoder_block(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(y1, y2, p): y1 (N, C, H-2, W-2), y2 (N, C, H-4, W-4), p = max_pool2d(y2, 2) or an empty tensor."""
     x = _encoder_conv_input(source, pooled)
-    dtype, layout = x.dtype, _layout(backend, source)
+    dtype, layout = x.dtype, output_memory_format(backend, source)
     with torch.autocast(x.device.type, enabled=False):
         y1, _ = _conv_forward(x, None, w1.to(dtype), _cast(b1, dtype), False, backend, layout)
         y2, p = _conv_forward(y1, None, w2.to(dtype), _cast(b2, dtype), emit_pool, backend, layout)
@@ -145,7 +119,7 @@ def _conv_out_shape(x_shape, channels: int, shrink: int) -> tuple[int, ...]:
 @encoder_block.register_fake
 def _encoder_block_fake(source, pooled, w1, b1, w2, b2, emit_pool, recompute, backend):
     x = _encoder_conv_input(source, pooled)
-    layout = _layout(backend, source)
+    layout = output_memory_format(backend, source)
     channels = w2.shape[0]
     y1 = torch.empty(_conv_out_shape(x.shape, w1.shape[0], 2), dtype=x.dtype, device=x.device, memory_format=layout)
     y2 = torch.empty(_conv_out_shape(x.shape, channels, 4), dtype=x.dtype, device=x.device, memory_format=layout)
@@ -162,7 +136,7 @@ def encoder_block_backward(
     b2: Optional[Tensor], need_input_grad: bool, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(grad of conv1's input (source, or the pooled tensor) or empty, grad_w1, grad_b1, grad_w2, grad_b2)."""
-    dtype, layout = y2.dtype, _layout(backend, source)
+    dtype, layout = y2.dtype, output_memory_format(backend, source)
     with torch.autocast(y2.device.type, enabled=False):
         w1c, w2c = w1.to(dtype), w2.to(dtype)
         x = F.max_pool2d(source, 2).contiguous(memory_format=layout) if has_pooled_input else source
@@ -179,7 +153,7 @@ def encoder_block_backward(
 @encoder_block_backward.register_fake
 def _encoder_block_backward_fake(grad_y1, grad_y2, grad_p, source, has_pooled_input, y1, y2, w1, b1, w2, b2,
                                  need_input_grad, backend):
-    layout = _layout(backend, source)
+    layout = output_memory_format(backend, source)
     if not need_input_grad:
         grad_x = _empty(y2)
     else:
@@ -227,7 +201,7 @@ def decoder_block(
     w2: Tensor, b2: Optional[Tensor], recompute: bool, backend: str,
 ) -> tuple[Tensor, Tensor]:
     """(y1, y2) of a decoder stage: x (N, 2C, H, W) -> y1 (N, C, 2H-2, 2W-2), y2 (N, C, 2H-4, 2W-4)."""
-    layout = _layout(backend, x)
+    layout = output_memory_format(backend, x)
     with torch.autocast(x.device.type, enabled=False):
         u = _upsample(x, up_w, up_b, backend, layout)
         y1, _ = _conv_forward(u, skip, w1.to(x.dtype), _cast(b1, x.dtype), False, backend, layout)
@@ -237,7 +211,7 @@ def decoder_block(
 
 @decoder_block.register_fake
 def _decoder_block_fake(x, skip, up_w, up_b, w1, b1, w2, b2, recompute, backend):
-    layout = _layout(backend, x)
+    layout = output_memory_format(backend, x)
     up_shape = (x.shape[0], up_w.shape[1], 2 * x.shape[2], 2 * x.shape[3])
     y1 = torch.empty(_conv_out_shape(up_shape, w1.shape[0], 2), dtype=x.dtype, device=x.device, memory_format=layout)
     y2 = torch.empty(_conv_out_shape(up_shape, w2.shape[0], 4), dtype=x.dtype, device=x.device, memory_format=layout)
@@ -251,7 +225,7 @@ def decoder_block_backward(
     b2: Optional[Tensor], backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(grad_x, grad_skip or empty, grad_up_w, grad_up_b, grad_w1, grad_b1, grad_w2, grad_b2)."""
-    dtype, layout = x.dtype, _layout(backend, x)
+    dtype, layout = x.dtype, output_memory_format(backend, x)
     with torch.autocast(x.device.type, enabled=False):
         u = _upsample(x, up_w, up_b, backend, layout)
         if y1 is None:
@@ -269,7 +243,7 @@ def decoder_block_backward(
 
 @decoder_block_backward.register_fake
 def _decoder_block_backward_fake(grad_y1, grad_y2, x, skip, y1, y2, up_w, up_b, w1, b1, w2, b2, backend):
-    layout = _layout(backend, x)
+    layout = output_memory_format(backend, x)
 
     def like(t, memory_format=torch.contiguous_format):
         return torch.empty(t.shape, dtype=t.dtype, device=t.device, memory_format=memory_format)
@@ -312,7 +286,7 @@ def head(x: Tensor, weight: Tensor, bias: Optional[Tensor], backend: str) -> Ten
 @head.register_fake
 def _head_fake(x, weight, bias, backend):
     return torch.empty((x.shape[0], weight.shape[0], *x.shape[2:]), dtype=x.dtype, device=x.device,
-                       memory_format=_layout(backend, x))
+                       memory_format=output_memory_format(backend, x))
 
 
 @torch.library.custom_op("unet_fast::_head_backward", mutates_args=())
@@ -325,7 +299,7 @@ def head_backward(grad_y: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tens
 
 @head_backward.register_fake
 def _head_backward_fake(grad_y, x, weight, bias, backend):
-    return (torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_layout(backend, x)),
+    return (torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(backend, x)),
             torch.empty(weight.shape, dtype=weight.dtype, device=weight.device),
             _empty(weight) if bias is None else torch.empty_like(bias))
 

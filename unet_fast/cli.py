@@ -1,13 +1,22 @@
 """The ``unet-fast`` command (also ``python -m unet_fast``): train, predict, evaluate, demo, bench.
 
 User mistakes (a missing file, a bad option value, CUDA requested without a GPU) end with exit
-code 2 and one line saying what to fix, never a traceback.
+code 2 and one line saying what to fix, never a traceback; bad option values and combinations are
+argparse errors (usage line, exit code 2). What counts as a user mistake (:func:`user_error_message`):
+a :class:`unet_fast.errors.UserError`, an ``OSError`` about a named file, and a ``ValueError``
+raised by an explicit check in the package (for modules not yet raising ``UserError``). Any other
+exception is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
 import argparse
+import linecache
 import sys
+import traceback
 from pathlib import Path
+
+import unet_fast
+from unet_fast.errors import UserError
 
 PROG = "unet-fast"
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
@@ -15,8 +24,8 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 TRAIN_EXTRA_MODULES = ("scipy", "PIL", "tifffile", "safetensors", "matplotlib", "tqdm")
 
 
-class UsageError(Exception):
-    """A mistake the user can fix; printed without a traceback, exit code 2."""
+class UsageError(UserError):
+    """A mistake in the command line the user can fix; printed without a traceback, exit code 2."""
 
 
 def _add_device(parser: argparse.ArgumentParser) -> None:
@@ -136,14 +145,38 @@ def build_parser() -> argparse.ArgumentParser:
 # --- commands ---------------------------------------------------------------------------------------
 
 
-def _explicit_train_options(argv: list[str]) -> set[str]:
-    """The destinations of the train options given on the command line (not left at defaults)."""
-    sub = argparse.ArgumentParser().add_subparsers()
+def _train_subparser(defaults: bool = True) -> argparse.ArgumentParser:
+    """A stand-alone 'train' parser (prog "unet-fast train"); without ``defaults`` it returns only
+    the options given."""
+    sub = argparse.ArgumentParser(prog=PROG).add_subparsers()
     _train_parser(sub)
     train_parser = sub.choices["train"]
-    for action in train_parser._actions:
-        action.default = argparse.SUPPRESS
-    return set(vars(train_parser.parse_args(argv[1:])))
+    if not defaults:
+        for action in train_parser._actions:
+            action.default = argparse.SUPPRESS
+    return train_parser
+
+
+def _explicit_train_options(argv: list[str]) -> set[str]:
+    """The destinations of the train options given on the command line (not left at defaults)."""
+    return set(vars(_train_subparser(defaults=False).parse_args(argv[1:])))
+
+
+def _check_train_options(args) -> None:
+    """argparse errors (exit code 2) for train options that contradict each other."""
+    from unet_fast.train import PAPER
+
+    explicit = _explicit_train_options(args.argv) - {"paper"}
+    sub = _train_subparser()
+    if args.paper:
+        conflicts = sorted(k for k in explicit & PAPER.keys() if getattr(args, k) != PAPER[k])
+        if conflicts:
+            sub.error("--paper sets " + ", ".join(f"--{k.replace('_', '-')} {PAPER[k]}" for k in conflicts)
+                      + "; drop --paper or the conflicting option(s)")
+    if "momentum" in explicit and not (args.paper or args.resume) and args.optimizer != "sgd":
+        sub.error(f"--momentum applies to --optimizer sgd only, not {args.optimizer}")
+    if args.class_weights is not None and "class_balance" in explicit and args.class_balance:
+        sub.error("--class-weights replaces the class-frequency weights of --class-balance: give one of them")
 
 
 def _run_train(args) -> int:
@@ -159,13 +192,7 @@ def _run_train(args) -> int:
         saved = saved_config(args.out)
         options = {**dataclasses.asdict(saved), **{k: options[k] for k in explicit}}
     if args.paper:
-        conflicts = sorted(k for k in explicit & PAPER.keys() if options[k] != PAPER[k])
-        if conflicts:
-            raise UsageError(
-                "--paper sets " + ", ".join(f"--{k.replace('_', '-')} {PAPER[k]}" for k in conflicts)
-                + "; drop --paper or the conflicting option(s)"
-            )
-        options.update(PAPER)
+        options.update(PAPER)  # _check_train_options rejected typed options that differ
     summary = train(TrainConfig(**options))
     print(f"run directory: {summary['run_dir']}")
     return 0
@@ -295,6 +322,28 @@ def _run_bench(argv: list[str]) -> int:
 COMMANDS = {"train": _run_train, "predict": _run_predict, "evaluate": _run_evaluate, "demo": _run_demo}
 
 
+def _raised_by_a_check(error: BaseException) -> bool:
+    """Whether ``error`` comes from an explicit ``raise`` statement in the package's own code."""
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return False
+    innermost = frames[-1]
+    package = Path(unet_fast.__file__).resolve().parent
+    return (Path(innermost.filename).resolve().is_relative_to(package)
+            and linecache.getline(innermost.filename, innermost.lineno).lstrip().startswith("raise "))
+
+
+def user_error_message(error: BaseException) -> str | None:
+    """The one-line message for a user mistake (see the module docstring); None for a bug."""
+    if isinstance(error, UserError):
+        return str(error)
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{error.filename}: {error.strerror or error}"
+    if isinstance(error, ValueError) and _raised_by_a_check(error):
+        return str(error)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "bench":
@@ -302,10 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv
     try:
+        if args.command == "train":
+            _check_train_options(args)
         return COMMANDS[args.command](args)
-    except (UsageError, ValueError, FileNotFoundError) as error:
-        print(f"{PROG} {args.command}: error: {error}", file=sys.stderr)
-        return 2
     except ModuleNotFoundError as error:
         if (error.name or "").split(".")[0] not in TRAIN_EXTRA_MODULES:
             raise
@@ -315,6 +363,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\n{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:
+        message = user_error_message(error)
+        if message is None:
+            raise
+        print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from unet_fast import blocks  # noqa: F401  (registers the block ops)
-from unet_fast.ops._backends import autocast_dtype, block_backend, check_backend, resolve_backend
+from unet_fast.ops._numerics import autocast_dtype
+from unet_fast.ops.backend import block_backend, check_backend, resolve_backend
 from unet_fast.reference.unet import UNet as ReferenceUNet
 
 

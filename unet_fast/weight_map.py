@@ -17,7 +17,7 @@
   tolerance and is set to 0. So the result differs from the unbounded formula by at most
   ``tolerance`` per pixel.
 
-The distances come from the C++ op ``torch.ops.unet_fast.border_distances`` (per-cell distance
+The distances come from the C++ op ``unet_fast.ops.border_distances`` (per-cell distance
 transforms on windows around each cell), far faster than one full-image scipy distance transform
 per cell; see benchmarks/bench_border_distances.py.
 """
@@ -30,23 +30,11 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from unet_fast import _ext
+from unet_fast.ops.border_distances import as_long_tensor, border_distances
 
 DEFAULT_W0 = 10.0
 DEFAULT_SIGMA = 5.0
 DEFAULT_TOLERANCE = 1e-6
-
-
-def _as_long_tensor(name: str, value) -> torch.Tensor:
-    if isinstance(value, np.ndarray):
-        value = torch.from_numpy(value)
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(value).__name__}")
-    if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
-        raise TypeError(f"{name} must have an integer dtype, got {value.dtype}")
-    if value.dim() not in (2, 3):
-        raise ValueError(f"{name} must be (H, W) or (N, H, W), got shape {tuple(value.shape)}")
-    return value.to(torch.int64)
 
 
 def cutoff_distance(w0: float = DEFAULT_W0, sigma: float = DEFAULT_SIGMA, tolerance: float = DEFAULT_TOLERANCE) -> float:
@@ -56,36 +44,13 @@ def cutoff_distance(w0: float = DEFAULT_W0, sigma: float = DEFAULT_SIGMA, tolera
     return sigma * math.sqrt(2.0 * math.log(w0 / tolerance))
 
 
-def border_distances(instances, max_distance: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Distances from every pixel to the nearest and the second-nearest distinct instance.
-
-    Args:
-        instances: (H, W) or (N, H, W) integer instance map (tensor or array), 0 = no instance.
-        max_distance: distances beyond it are +inf (as are those to instances that do not exist).
-    Returns:
-        (d1, d2), float32 tensors of the input's shape, on the input's device (computed on CPU).
-        Pixels inside an instance have d1 = 0.
-    """
-    ids = _as_long_tensor("instances", instances)
-    if not isinstance(max_distance, (int, float)) or not math.isfinite(max_distance) or max_distance < 0:
-        raise ValueError(f"max_distance must be a finite number >= 0, got {max_distance!r}")
-    _ext.require_extension()
-    batched = ids.dim() == 3
-    d1, d2 = torch.ops.unet_fast.border_distances(
-        (ids if batched else ids[None]).cpu().contiguous(), float(max_distance)
-    )
-    if not batched:
-        d1, d2 = d1[0], d2[0]
-    return d1.to(ids.device), d2.to(ids.device)
-
-
 def label_cells(labels, foreground: int = 1) -> torch.Tensor:
     """Cell instances of a label map: the 4-connected components of ``labels == foreground``.
 
     Args:
         labels: (H, W) or (N, H, W) integer class map. Returns int64 of the same shape, 0 off cells.
     """
-    labels = _as_long_tensor("labels", labels)
+    labels = as_long_tensor("labels", labels)
     mask = (labels == foreground).cpu().numpy()
     cells = np.zeros(mask.shape, dtype=np.int64)
     for index in np.ndindex(mask.shape[:-2]):
@@ -101,7 +66,7 @@ def class_balance_weights(labels, num_classes: int) -> torch.Tensor:
     Returns:
         float32 of the same shape; its mean over each label map is 1.
     """
-    labels = _as_long_tensor("labels", labels)
+    labels = as_long_tensor("labels", labels)
     labels_np = labels.cpu().numpy()
     _check_labels_range(labels_np, num_classes)
     return torch.from_numpy(_class_balance(labels_np, num_classes)).to(labels.device)
@@ -149,7 +114,7 @@ def weight_map(
     Returns:
         float32 weights of the labels' shape, on the labels' device.
     """
-    labels = _as_long_tensor("labels", labels)
+    labels = as_long_tensor("labels", labels)
     device = labels.device
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
@@ -186,7 +151,7 @@ def weight_map(
             raise ValueError(f"foreground must be a class in [0, {num_classes - 1}], got {foreground!r}")
         cells = label_cells(labels_np, foreground).numpy()
     else:
-        cells = _as_long_tensor("instances", instances).cpu().numpy()
+        cells = as_long_tensor("instances", instances).cpu().numpy()
         if cells.shape != labels_np.shape:
             raise ValueError(f"instances shape {cells.shape} differs from labels shape {labels_np.shape}")
     if w0 > 0:
@@ -194,11 +159,3 @@ def weight_map(
         gap = (cells == 0) & np.isfinite(d2)  # background pixels with two cells within the cutoff
         weights[gap] += w0 * np.exp(-((d1[gap] + d2[gap]) ** 2) / (2.0 * sigma**2))
     return torch.from_numpy(weights).to(device)
-
-
-def _border_distances_fake(instances: torch.Tensor, max_distance: float) -> tuple[torch.Tensor, torch.Tensor]:
-    return instances.new_empty(instances.shape, dtype=torch.float32), instances.new_empty(instances.shape, dtype=torch.float32)
-
-
-if _ext._C is not None:
-    torch.library.register_fake("unet_fast::border_distances")(_border_distances_fake)

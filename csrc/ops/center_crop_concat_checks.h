@@ -26,7 +26,7 @@ inline CropConcatGeometry check_crop_concat(const at::Tensor& skip, const at::Te
 }
 
 // The output is channels_last exactly when x is channels_last and not also NCHW-contiguous
-// (the rule the fake kernel in unet_fast/ops/crop_concat.py repeats).
+// (the rule unet_fast/ops/_layout.py extension_memory_format repeats for the fake kernels).
 inline at::Tensor empty_crop_concat_output(const at::Tensor& skip, const at::Tensor& x) {
   const bool channels_last = x.is_contiguous(at::MemoryFormat::ChannelsLast) && !x.is_contiguous();
   return at::empty({x.size(0), skip.size(1) + x.size(1), x.size(2), x.size(3)},

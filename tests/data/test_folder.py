@@ -157,3 +157,78 @@ def test_palette_png_gives_colors_for_images_and_indices_for_labels(tmp_path):
     (image,) = read_image(tmp_path / "p.png")
     assert image.shape == (3, 6, 7)
     np.testing.assert_allclose(image[:, indices == 1].T, np.tile([200 / 255, 10 / 255, 10 / 255], ((indices == 1).sum(), 1)), rtol=1e-6)
+
+
+def _png_bytes(array) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _tiff_bytes(array) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, array)
+    return buffer.getvalue()
+
+
+NOISE = np.random.default_rng(3).integers(0, 256, (64, 64), dtype=np.uint8)  # incompressible: a long pixel stream
+
+
+@pytest.mark.parametrize(
+    "where, content, match",
+    [
+        ("images", _png_bytes(NOISE)[: len(_png_bytes(NOISE)) // 2], r"a\.png: cannot read"),  # truncated PNG
+        ("labels", _png_bytes(NOISE)[:40], r"a\.png: cannot read"),  # cut inside the header chunk
+        ("images", b"", r"a\.png: the file is empty"),
+        ("labels", b"", r"a\.png: the file is empty"),
+    ],
+)
+def test_truncated_and_empty_pngs_name_the_file(tmp_path, where, content, match):
+    from unet_fast.errors import DataError
+
+    images, labels = _dirs(tmp_path)
+    Image.fromarray(NOISE).save(images / "a.png")
+    Image.fromarray((NOISE > 127).astype(np.uint8)).save(labels / "a.png")
+    (tmp_path / where / "a.png").write_bytes(content)
+    with pytest.raises(DataError, match=match) as error:
+        ImageFolderDataset(tmp_path)
+    assert str(tmp_path / where / "a.png") in str(error.value)
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.9])
+def test_truncated_tiff_names_the_file(tmp_path, keep):
+    from unet_fast.errors import DataError
+
+    data = _tiff_bytes(NOISE)
+    (tmp_path / "t.tif").write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(DataError, match=r"t\.tif: cannot read"):
+        read_image(tmp_path / "t.tif")
+
+
+@pytest.mark.parametrize("layout", ["empty root", "empty images and labels", "only hidden files"])
+def test_empty_data_folder_names_the_folder(tmp_path, layout):
+    from unet_fast.errors import DataError
+
+    if layout != "empty root":
+        images, _ = _dirs(tmp_path)
+        if layout == "only hidden files":
+            (images / ".DS_Store").write_bytes(b"\0")
+    with pytest.raises(DataError, match="images") as error:
+        ImageFolderDataset(tmp_path)
+    assert str(tmp_path) in str(error.value)
+
+
+def test_label_values_outside_the_classes_and_size_mismatch_name_both_files(tmp_path):
+    images, labels = _dirs(tmp_path)
+    Image.fromarray(NOISE).save(images / "a.png")
+    Image.fromarray(np.full((64, 64), 2, np.uint8)).save(labels / "a.png")
+    with pytest.raises(ValueError, match=r"labels.a\.png: label values \[2\] are outside the classes \[0, 1\]"):
+        ImageFolderDataset(tmp_path, num_classes=2)
+    assert len(ImageFolderDataset(tmp_path, num_classes=3)) == 1
+    Image.fromarray(np.zeros((64, 63), np.uint8)).save(labels / "a.png")
+    with pytest.raises(ValueError, match=r"images.a\.png is 64x64 \(HxW\) but its label .*labels.a\.png is 64x63"):
+        ImageFolderDataset(tmp_path)

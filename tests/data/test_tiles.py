@@ -1,11 +1,14 @@
-"""Tile sampling: valid origins, class-balanced oversampling, resumable state."""
+"""Tile sampling: valid origins, class-balanced oversampling, resumable state; the training tile
+that fits the data set."""
 import numpy as np
 import pytest
 import torch
 
 pytest.importorskip("scipy")  # unet_fast.data
 
-from unet_fast.data import Tile, TileSampler
+from unet_fast import shapes
+from unet_fast.data import Tile, TileSampler, fit_tile_size
+from unet_fast.errors import DataError
 
 
 def _rare_label():
@@ -71,3 +74,55 @@ def test_state_dict_resumes_the_same_stream():
 def test_bad_arguments(args, kwargs):
     with pytest.raises(ValueError):
         TileSampler(*args, **kwargs)
+
+
+def _largest_fitting_tile(tile_size, smallest_side, depth, padding):
+    """Every input size up to tile_size, tried one by one."""
+    fitting = [n for n in range(1, tile_size + 1) if shapes.is_valid_input_size(n, depth, padding)
+               and shapes.output_size(n, depth, padding) <= smallest_side]
+    return max(fitting, default=None)
+
+
+@pytest.mark.parametrize("depth, padding", [(5, "valid"), (3, "valid"), (4, "same")])
+def test_fit_tile_size_is_the_largest_valid_tile_whose_output_fits(depth, padding):
+    rng = np.random.default_rng(depth)
+    for _ in range(40):
+        sizes = [(f"img{i}", tuple(int(v) for v in rng.integers(8, 700, 2))) for i in range(int(rng.integers(1, 4)))]
+        tile_size = int(rng.integers(shapes.valid_input_size(1, depth, padding), 700))
+        side = min(min(hw) for _, hw in sizes)
+        expected = _largest_fitting_tile(tile_size, side, depth, padding)
+        if expected is None:
+            with pytest.raises(DataError, match="smaller than the .* output window of the smallest valid tile"):
+                fit_tile_size(tile_size, sizes, depth, padding)
+            continue
+        tile, note = fit_tile_size(tile_size, sizes, depth, padding)
+        assert tile == expected
+        requested = shapes.largest_valid_input_size(tile_size, depth, padding)
+        assert (note is None) == (tile == requested)
+        if note is not None:
+            smallest = min(sizes, key=lambda item: min(item[1]))[0]
+            assert f"training image {smallest} " in note and f"{tile} px tiles" in note
+
+
+def test_the_paper_tile_on_small_images_adapts_with_a_note():
+    tile, note = fit_tile_size(572, [("a", (512, 512)), ("small", (300, 420))])
+    # Depth 5 valid tiles are 188 + 16k with outputs 184 px smaller: 476 -> 292 fits 300, 492 -> 308 does not.
+    assert tile == 476 and shapes.output_size(476) == 292 and shapes.output_size(492) == 308
+    assert note is not None and "small (300x420)" in note
+
+
+def test_trainer_adapts_the_default_tile_to_small_images(tmp_path, capsys):
+    Image = pytest.importorskip("PIL.Image")
+    from unet_fast.train import TrainConfig, train
+    from unet_fast.train.config import DEFAULT_TILE_SIZE
+
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    (tmp_path / "data" / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (40, 52), dtype=np.uint8)).save(tmp_path / "data" / "images" / "a.png")
+    Image.fromarray((rng.random((40, 52)) > 0.5).astype(np.uint8)).save(tmp_path / "data" / "labels" / "a.png")
+    summary = train(TrainConfig(data=str(tmp_path / "data"), out=str(tmp_path / "run"), steps=1, base_channels=2,
+                                depth=3, device="cpu", progress=False, augment=False))
+    assert summary["steps"] == 1
+    expected = _largest_fitting_tile(DEFAULT_TILE_SIZE, 40, 3, "valid")
+    assert f"training uses {expected} px tiles" in capsys.readouterr().err

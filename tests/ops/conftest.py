@@ -15,7 +15,7 @@ def ieee_fp32_convolutions():
     the legacy one agree. Writing only ``cudnn.conv.fp32_precision`` (the new API) would leave the
     legacy flag True, and reading it, as inductor's conv lowering does, then raises "a mix of the
     legacy and new APIs". Both our ops and the tests read the setting through
-    ``unet_fast.ops.conv3x3.conv_allows_tf32``, which follows the new API with the legacy fallback.
+    ``unet_fast.ops._numerics.conv_allows_tf32``, which follows the new API with the legacy fallback.
     """
     cudnn = torch.backends.cudnn
     per_op = [backend for backend in (getattr(cudnn, "conv", None), getattr(cudnn, "rnn", None))

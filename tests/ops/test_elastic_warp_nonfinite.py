@@ -21,7 +21,7 @@ CASES_SCRIPT = r"""
 import sys
 import torch
 from unet_fast.ops import elastic_warp
-from unet_fast.ops.elastic import warp
+from unet_fast.ops.elastic_warp import warp
 
 def run(case, interpolation, padding, displacement, affine, public):
     # The public function refuses non-finite displacements: the augmentation's entry (check_finite=False)

@@ -15,8 +15,10 @@ Image normalisation to float32 in [0, 1] (``normalize``):
 Labels are class ids in [0, num_classes). A binary mask stored as 0/255 (its values a subset of
 {0, 255} containing 255) maps 255 -> 1, so ISBI 2012 style labels (0 = membrane, 255 = cell) load as
 0/1. Palette PNGs give their palette indices; an RGB label is accepted only when its channels are
-equal. Every problem (unreadable file, unsupported type, unmatched stems, size mismatch, label values
-outside the classes) raises a ValueError naming the file.
+equal. Every problem in the data (unreadable, truncated or empty file, unsupported type, unmatched
+stems, size mismatch, label values outside the classes, an empty folder) raises
+:class:`unet_fast.errors.DataError` (a ``ValueError``) naming the file; a bad argument raises
+``ValueError``.
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from unet_fast.errors import DataError
 
 PNG_SUFFIXES = (".png",)
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -69,16 +73,18 @@ def read_pages(path, *, palette_indices: bool = False) -> list[np.ndarray]:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
-        raise ValueError(f"{path}: unsupported file type {path.suffix!r} (supported: {', '.join(SUPPORTED_SUFFIXES)})")
+        raise DataError(f"{path}: unsupported file type {path.suffix!r} (supported: {', '.join(SUPPORTED_SUFFIXES)})")
+    if path.is_file() and path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty (0 bytes)")
     try:
         pages = _read_png(path, palette_indices) if suffix in PNG_SUFFIXES else _read_tiff(path)
     except Exception as error:  # pillow and tifffile raise many types for damaged files
-        raise ValueError(f"{path}: cannot read the image ({type(error).__name__}: {error})") from error
+        raise DataError(f"{path}: cannot read the image ({type(error).__name__}: {error})") from error
     if not pages:
-        raise ValueError(f"{path}: the file holds no image")
+        raise DataError(f"{path}: the file holds no image")
     for index, page in enumerate(pages):
         if page.ndim not in (2, 3) or page.size == 0:
-            raise ValueError(f"{path}: page {index} has unsupported shape {page.shape} (expected (H, W) or (H, W, channels))")
+            raise DataError(f"{path}: page {index} has unsupported shape {page.shape} (expected (H, W) or (H, W, channels))")
     return pages
 
 
@@ -88,7 +94,7 @@ def _to_channels(page: np.ndarray, path: Path) -> np.ndarray:
     if page.shape[-1] == 4:  # RGBA
         page = page[..., :3]
     if page.shape[-1] not in (1, 3):
-        raise ValueError(f"{path}: {page.shape[-1]} channels per pixel; expected grayscale, RGB or RGBA")
+        raise DataError(f"{path}: {page.shape[-1]} channels per pixel; expected grayscale, RGB or RGBA")
     return np.moveaxis(page, -1, 0)
 
 
@@ -111,15 +117,15 @@ def normalize_image(page: np.ndarray, path, normalize: str = "dtype") -> np.ndar
         elif array.dtype.itemsize == 2 or (array.min() >= 0 and array.max() <= 65535):
             full_scale = 65535.0
         else:
-            raise ValueError(f"{path}: {array.dtype} values exceed 16 bits; use normalize='minmax'")
+            raise DataError(f"{path}: {array.dtype} values exceed 16 bits; use normalize='minmax'")
         if array.min() < 0:
-            raise ValueError(f"{path}: negative pixel values; use normalize='minmax'")
+            raise DataError(f"{path}: negative pixel values; use normalize='minmax'")
         return (array / full_scale).astype(np.float32)
     if np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
-            raise ValueError(f"{path}: floating-point values outside [0, 1] (or not finite); use normalize='minmax'")
+            raise DataError(f"{path}: floating-point values outside [0, 1] (or not finite); use normalize='minmax'")
         return array.astype(np.float32)
-    raise ValueError(f"{path}: unsupported pixel type {array.dtype}")
+    raise DataError(f"{path}: unsupported pixel type {array.dtype}")
 
 
 def read_image(path, normalize: str = "dtype") -> list[np.ndarray]:
@@ -132,20 +138,20 @@ def label_to_classes(page: np.ndarray, path, num_classes: int) -> np.ndarray:
     path = Path(path)
     if page.ndim == 3:
         if not all(np.array_equal(page[..., 0], page[..., c]) for c in range(1, min(page.shape[-1], 3))):
-            raise ValueError(f"{path}: a label image must be single-channel (its color channels differ)")
+            raise DataError(f"{path}: a label image must be single-channel (its color channels differ)")
         page = page[..., 0]
     if np.issubdtype(page.dtype, np.floating):
         if not np.isfinite(page).all() or not np.array_equal(page, np.round(page)):
-            raise ValueError(f"{path}: label values must be integers (class ids)")
+            raise DataError(f"{path}: label values must be integers (class ids)")
     elif page.dtype != bool and not np.issubdtype(page.dtype, np.integer):
-        raise ValueError(f"{path}: unsupported label pixel type {page.dtype}")
+        raise DataError(f"{path}: unsupported label pixel type {page.dtype}")
     labels = page.astype(np.int64)
     values = np.unique(labels)
     if num_classes < 256 and values.max() == 255 and set(values.tolist()) <= {0, 255}:
         return (labels == 255).astype(np.int64)
     if values.min() < 0 or values.max() >= num_classes:
         bad = [int(v) for v in values if v < 0 or v >= num_classes]
-        raise ValueError(
+        raise DataError(
             f"{path}: label values {bad[:10]} are outside the classes [0, {num_classes - 1}] "
             f"(num_classes={num_classes}); binary masks may use 0/255"
         )
@@ -165,9 +171,9 @@ def list_image_files(directory) -> dict[str, Path]:
         if path.name.startswith(".") or path.is_dir():
             continue
         if path.suffix.lower() not in SUPPORTED_SUFFIXES:
-            raise ValueError(f"{path}: unsupported file type {path.suffix!r} (supported: {', '.join(SUPPORTED_SUFFIXES)})")
+            raise DataError(f"{path}: unsupported file type {path.suffix!r} (supported: {', '.join(SUPPORTED_SUFFIXES)})")
         if path.stem in files:
-            raise ValueError(f"{directory}: two files share the stem {path.stem!r}: {files[path.stem].name} and {path.name}")
+            raise DataError(f"{directory}: two files share the stem {path.stem!r}: {files[path.stem].name} and {path.name}")
         files[path.stem] = path
     return files
 
@@ -197,10 +203,10 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         image_dir, label_dir = root / "images", root / "labels"
         for directory in (image_dir, label_dir):
             if not directory.is_dir():
-                raise ValueError(f"{root}: expected the sub-directories images/ and labels/; {directory} is missing")
+                raise DataError(f"{root}: expected the sub-directories images/ and labels/; {directory} is missing")
         image_files, label_files = list_image_files(image_dir), list_image_files(label_dir)
         if not image_files:
-            raise ValueError(f"{image_dir}: no images (supported: {', '.join(SUPPORTED_SUFFIXES)})")
+            raise DataError(f"{image_dir}: no images (supported: {', '.join(SUPPORTED_SUFFIXES)})")
         unlabelled = sorted(set(image_files) - set(label_files))
         orphans = sorted(set(label_files) - set(image_files))
         if unlabelled or orphans:
@@ -209,7 +215,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                 parts.append(f"images without a label: {[image_files[s].name for s in unlabelled][:10]}")
             if orphans:
                 parts.append(f"labels without an image: {[label_files[s].name for s in orphans][:10]}")
-            raise ValueError(f"{root}: images and labels must match by file stem; " + "; ".join(parts))
+            raise DataError(f"{root}: images and labels must match by file stem; " + "; ".join(parts))
 
         self.num_classes = num_classes
         self.images: list[torch.Tensor] = []
@@ -222,16 +228,16 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             images = read_image(image_path, normalize)
             labels = read_label(label_path, num_classes)
             if len(images) != len(labels):
-                raise ValueError(f"{image_path} has {len(images)} pages but {label_path} has {len(labels)}")
+                raise DataError(f"{image_path} has {len(images)} pages but {label_path} has {len(labels)}")
             for page, (image, label) in enumerate(zip(images, labels)):
                 if image.shape[1:] != label.shape:
                     where = f" (page {page})" if len(images) > 1 else ""
-                    raise ValueError(
+                    raise DataError(
                         f"{image_path}{where} is {image.shape[1]}x{image.shape[2]} (HxW) but its label "
                         f"{label_path} is {label.shape[0]}x{label.shape[1]}"
                     )
                 if self.images and image.shape[0] != self.images[0].shape[0]:
-                    raise ValueError(
+                    raise DataError(
                         f"{image_path} has {image.shape[0]} channel(s) but {self.image_paths[0]} has "
                         f"{self.images[0].shape[0]}; all images must have the same channels"
                     )

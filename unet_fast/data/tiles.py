@@ -23,6 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from unet_fast import shapes
+from unet_fast.errors import DataError
+
 
 @dataclass(frozen=True)
 class Tile:
@@ -31,6 +34,37 @@ class Tile:
     index: int
     top: int
     left: int
+
+
+def fit_tile_size(tile_size: int, image_sizes: Sequence[tuple[str, tuple[int, int]]], depth: int = 5,
+                  padding: str = "valid") -> tuple[int, str | None]:
+    """(input tile, note): the largest valid input size <= ``tile_size`` whose output window fits in
+    every image of ``image_sizes`` (pairs of a name and its (H, W)), and a note saying so when that
+    is smaller than the largest valid size <= ``tile_size`` (None otherwise).
+
+    ``DataError`` naming the smallest image when not even the smallest valid tile's output fits.
+    """
+    requested = shapes.largest_valid_input_size(tile_size, depth, padding)
+    if requested is None:
+        raise ValueError(shapes.invalid_size_message(tile_size, depth, padding))
+    name, (height, width) = min(image_sizes, key=lambda item: min(item[1]))
+    tile = requested
+    while tile is not None and shapes.output_size(tile, depth, padding) > min(height, width):
+        tile = shapes.largest_valid_input_size(tile - 1, depth, padding)
+    if tile is None:
+        smallest = shapes.valid_input_size(1, depth, padding)
+        raise DataError(
+            f"training image {name} is {height}x{width}, smaller than the {shapes.output_size(smallest, depth, padding)} px "
+            f"output window of the smallest valid tile ({smallest} px) of a depth-{depth} network with padding "
+            f"{padding!r}: use larger images or a smaller --depth"
+        )
+    if tile == requested:
+        return tile, None
+    return tile, (
+        f"note: the {shapes.output_size(requested, depth, padding)} px output window of {requested} px tiles "
+        f"(--tile-size {tile_size}) does not fit in training image {name} ({height}x{width}); training uses "
+        f"{tile} px tiles ({shapes.output_size(tile, depth, padding)} px output), the largest that fit"
+    )
 
 
 def _tile_shape(tile_size) -> tuple[int, int]:

@@ -1,9 +1,8 @@
-"""Input checks shared by the public ops: each raises a clear TypeError/ValueError naming the argument."""
+"""Input checks shared by the public ops: each raises a clear TypeError/ValueError naming the argument
+(the crop check, shared with the kernels, is ``unet_fast.triton.runtime.check_crop``)."""
 from __future__ import annotations
 
 import torch
-
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def check_tensor(name: str, t, *, dim: int | None = None, dtypes=None) -> None:
@@ -21,19 +20,3 @@ def check_same(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor, *, dt
         raise ValueError(f"{name_a} is on {a.device} but {name_b} is on {b.device}")
     if dtype and a.dtype != b.dtype:
         raise TypeError(f"{name_a} has dtype {a.dtype} but {name_b} has dtype {b.dtype}")
-
-
-def check_crop(skip_shape, x_shape) -> tuple[int, int]:
-    """The (top, left) center-crop offset of x's (H, W) inside skip's (Hs, Ws); ValueError if not even and >= 0."""
-    dh, dw = skip_shape[-2] - x_shape[-2], skip_shape[-1] - x_shape[-1]
-    if dh < 0 or dw < 0 or dh % 2 or dw % 2:
-        raise ValueError(
-            f"skip {tuple(skip_shape[-2:])} must exceed x {tuple(x_shape[-2:])} by an even, non-negative "
-            f"amount on each axis to be center-cropped to it (differences {dh}, {dw})"
-        )
-    return dh // 2, dw // 2
-
-
-def is_channels_last(t: torch.Tensor) -> bool:
-    """channels_last and not also NCHW-contiguous: the rule deciding the layout of our outputs."""
-    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unet_fast.reference.functional import center_crop
+from unet_fast.reference.functional import center_crop_concat
 from unet_fast.shapes import PADDINGS, invalid_size_message, is_valid_input_size
 
 UP_MODES = ("transpose", "bilinear")
@@ -85,7 +85,7 @@ class DecoderStage(nn.Module):
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = self.up(x)
         if self.skip_connection:
-            x = torch.cat([center_crop(skip, tuple(x.shape[-2:])), x], dim=1)
+            x = center_crop_concat(skip, x)
         return self.block(x)
 
 

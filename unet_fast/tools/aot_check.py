@@ -227,7 +227,7 @@ def main(argv=None) -> int:
 
     import triton
 
-    import unet_fast.triton  # noqa: F401  (kernel modules register their configurations)
+    from unet_fast.triton import conv3x3_relu, conv3x3_relu_backward, pixel_gemm  # noqa: F401  (they register)
     from unet_fast.triton.aot import registered
 
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):

@@ -32,7 +32,7 @@ def train(config: TrainConfig) -> dict:
     checkpoint = checkpoint_to_resume(config, run_dir, world, device)
     train_set, val_set = load_datasets(config)
     state = _initial_state(config, train_set, device, rank)
-    start, elapsed_before = state.restore(checkpoint, rank) if checkpoint is not None else (0, 0.0)
+    start, elapsed_before = state.restore(checkpoint, rank, run_dir) if checkpoint is not None else (0, 0.0)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=1))

@@ -7,7 +7,6 @@ the saved configuration, and the number of processes must be the same.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +27,7 @@ def saved_config(run_dir) -> TrainConfig:
     found = ckpt.find_checkpoint(run_dir)
     if found is None:
         raise ValueError(f"--resume: no checkpoint in {run_dir}; start without --resume")
-    with open(found / "state.json") as f:
-        return TrainConfig.from_dict(json.load(f)["config"])
+    return TrainConfig.from_dict(ckpt.read_state(found, required=("config",))["config"])
 
 
 def check_resume_config(config: TrainConfig, saved: dict) -> None:
@@ -57,7 +55,7 @@ def checkpoint_to_resume(config: TrainConfig, run_dir: Path, world: int, device:
         return None
     if found is None:
         raise ValueError(f"--resume: no checkpoint in {run_dir}; start without --resume")
-    checkpoint = ckpt.load_checkpoint(found, map_location=device)
+    checkpoint = ckpt.load_checkpoint(found, map_location=device, required=("config", "model_config", "rng", "optimizer"))
     state = checkpoint[2]
     check_resume_config(config, state["config"])
     if len(state["rng"]) != world:
@@ -94,10 +92,11 @@ class TrainingState:
         if self.device.type == "cuda" and "cuda" in state:
             torch.cuda.set_rng_state(ckpt.decode_rng(state["cuda"]), self.device)
 
-    def restore(self, checkpoint, rank: int) -> tuple[int, float]:
-        """Loads a checkpoint from ``checkpoint_to_resume``; returns (its step, the run's seconds so far)."""
+    def restore(self, checkpoint, rank: int, source) -> tuple[int, float]:
+        """Loads a checkpoint from ``checkpoint_to_resume`` (``source``: where it is, for messages);
+        returns (its step, the run's seconds so far)."""
         model_state, optimizer_state, state = checkpoint
-        self.model.load_state_dict(model_state)
+        ckpt.load_model_state(self.model, model_state, source, self.model.config())
         self.optimizer.load_state_dict(optimizer_state)
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])

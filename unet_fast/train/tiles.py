@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import torch
@@ -68,12 +69,15 @@ class TrainingTiles:
     """
 
     def __init__(self, train, config: TrainConfig, device: torch.device, rank: int = 0):
-        from unet_fast.data import TileSampler
+        from unet_fast.data import TileSampler, fit_tile_size
         from unet_fast.inference import mirror_pad
         from unet_fast.weight_map import weight_map
 
         self.config, self.device = config, device
-        self.tile = shapes.largest_valid_input_size(config.tile_size, config.depth, config.padding)
+        self.tile, note = fit_tile_size(config.tile_size, [(n, tuple(l.shape)) for n, l in zip(train.names, train.labels)],
+                                        config.depth, config.padding)
+        if note and rank == 0:
+            print(note, file=sys.stderr)
         self.out = shapes.output_size(self.tile, config.depth, config.padding)
         pad = (self.tile - self.out) // 2
         self.augment, self.context = None, 0
@@ -87,11 +91,6 @@ class TrainingTiles:
         instances = train.instances if train.instances is not None else [None] * len(train.labels)
         self.images, self.labels, self.weights = [], [], []
         for name, image, label, cells in zip(train.names, train.images, train.labels, instances):
-            if min(label.shape) < self.out:
-                raise ValueError(
-                    f"training image {name} is {label.shape[0]}x{label.shape[1]}, smaller than the {self.out} px "
-                    f"output window of {self.tile} px tiles: choose a smaller --tile-size"
-                )
             weights = weight_map(label.long(), num_classes=train.num_classes, instances=cells,
                                  w0=config.w0, sigma=config.sigma, class_weights=class_weights)
             def padded(t):

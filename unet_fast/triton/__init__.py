@@ -1,3 +1,5 @@
-"""Triton kernels and their launchers. Importing this package registers every kernel
-configuration with ``unet_fast.triton.aot`` for the ahead-of-time check."""
-from unet_fast.triton import conv1x1, conv3x3, pixel_gemm, upconv2x2  # noqa: F401
+"""Triton kernels and their launchers: a leaf layer that imports only torch and triton.
+
+Importing this package imports nothing else; each kernel module registers its configurations with
+``unet_fast.triton.aot`` when imported (``unet_fast.tools.aot_check`` imports them all).
+"""

@@ -6,6 +6,7 @@ a GPU and checks the PTX for the expected ``mma`` / ``wgmma`` instructions.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
@@ -83,3 +84,18 @@ def register(*configs: KernelConfig) -> None:
 
 def registered() -> list[KernelConfig]:
     return list(_REGISTRY)
+
+
+def kernel_signature(fn, element: str, fp32_pointers=()) -> dict:
+    """Triton types of a kernel's arguments, read from its Python signature (which works for the
+    interpreter's wrapper too): constexpr annotations, pointers named *_ptr (to ``element``, or fp32
+    for ``fp32_pointers``), the rest int32. Every kernel module builds its specs with it."""
+    signature = {}
+    for name, param in inspect.signature(fn.fn).parameters.items():
+        if "constexpr" in str(param.annotation):
+            signature[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            signature[name] = "*fp32" if name in fp32_pointers else f"*{element}"
+        else:
+            signature[name] = "i32"
+    return signature

@@ -22,8 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
-from unet_fast.ops._backends import device_guard
-from unet_fast.triton.aot import KernelConfig, register
+from unet_fast.triton.aot import KernelConfig, kernel_signature, register
+from unet_fast.triton.runtime import check_pixels, device_guard, pixel_rows, weight_operand
 
 
 @triton.jit
@@ -54,7 +54,7 @@ def pixel_gemm_kernel(
     A_C, a_sn, a_sc, a_sh, a_sw,
     b_sk, b_sq,
     OUT_C, o_sn, o_sc, o_sh, o_sw,
-    A_SCALE: tl.constexpr, OUT_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    A_SCALE: tl.constexpr, OUT_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -73,7 +73,7 @@ def pixel_gemm_kernel(
         a = tl.load(a_ptr + a_rows[:, None] + a_cols[None, :], mask=mask_m[:, None] & mask_k[None, :], other=0.0)
         b_offsets = offs_k.to(tl.int64)[:, None] * b_sk + offs_q.to(tl.int64)[None, :] * b_sq
         b = tl.load(b_ptr + b_offsets, mask=mask_k[:, None] & mask_q[None, :], other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
 
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_q % OUT_C, mask=mask_q, other=0.0)
@@ -93,7 +93,7 @@ def pixel_gemm_wgrad_kernel(
     M, H, W, R, Q, ROWS_PER_SPLIT,
     A_C, a_sn, a_sc, a_sh, a_sw,
     G_C, g_sn, g_sc, g_sh, g_sw,
-    A_SCALE: tl.constexpr, G_SCALE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    A_SCALE: tl.constexpr, G_SCALE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     pid_r = tl.program_id(0)
@@ -116,7 +116,7 @@ def pixel_gemm_wgrad_kernel(
         g_rows = _row_offsets(offs_m, H, W, g_sn, g_sh, g_sw, G_SCALE)
         a_t = tl.load(a_ptr + a_cols[:, None] + a_rows[None, :], mask=mask_r[:, None] & mask_m[None, :], other=0.0)
         g = tl.load(g_ptr + g_rows[:, None] + g_cols[None, :], mask=mask_m[:, None] & mask_q[None, :], other=0.0)
-        acc = tl.dot(a_t, g, acc, input_precision=DOT_PRECISION)
+        acc = tl.dot(a_t, g, acc, input_precision=INPUT_PRECISION)
 
     out = partial_ptr + split.to(tl.int64) * R * Q + offs_r.to(tl.int64)[:, None] * Q + offs_q[None, :]
     tl.store(out, acc, mask=mask_r[:, None] & mask_q[None, :])
@@ -127,24 +127,30 @@ def pixel_gemm_wgrad_kernel(
 # depth and column count are multiples of 16; the 64-row tile serves the deep, small maps and
 # every other layout, where the 128-row tile's element-wise addresses spill registers. IEEE fp32
 # dots run on FMA units with both operands in registers and take a smaller tile.
+# Tiles in the style of every kernel of the package: BLOCK_* sizes, num_warps, num_stages.
 GEMM_TILES = {
-    "large": dict(BLOCK_M=128, BLOCK_Q=64, BLOCK_K=32),
-    "small": dict(BLOCK_M=64, BLOCK_Q=64, BLOCK_K=32),
-    "fp32": dict(BLOCK_M=64, BLOCK_Q=32, BLOCK_K=16),
+    "large": dict(BLOCK_M=128, BLOCK_Q=64, BLOCK_K=32, num_warps=4, num_stages=3),
+    "small": dict(BLOCK_M=64, BLOCK_Q=64, BLOCK_K=32, num_warps=4, num_stages=3),
+    "fp32": dict(BLOCK_M=64, BLOCK_Q=32, BLOCK_K=16, num_warps=4, num_stages=3),
 }
-WGRAD_TILES = {"tensor-core": dict(BLOCK_R=64, BLOCK_Q=64, BLOCK_M=32), "fp32": dict(BLOCK_R=64, BLOCK_Q=32, BLOCK_M=32)}
-NUM_WARPS = 4
-NUM_STAGES = 3
+WGRAD_TILES = {
+    "tensor-core": dict(BLOCK_R=64, BLOCK_Q=64, BLOCK_M=32, num_warps=4, num_stages=3),
+    "fp32": dict(BLOCK_R=64, BLOCK_Q=32, BLOCK_M=32, num_warps=4, num_stages=3),
+}
 
 
-def _on_fma_units(dtype: torch.dtype, dot_precision: str) -> bool:
-    return dtype == torch.float32 and dot_precision != "tf32"
+def _blocks(tile: dict) -> dict:
+    return {k: v for k, v in tile.items() if k.startswith("BLOCK")}
+
+
+def _on_fma_units(dtype: torch.dtype, input_precision: str) -> bool:
+    return dtype == torch.float32 and input_precision != "tf32"
 
 
 def gemm_tile_name(rows: int, depth: int, cols: int, channels_contiguous: bool, dtype: torch.dtype,
-                   dot_precision: str) -> str:
+                   input_precision: str) -> str:
     """The ``GEMM_TILES`` entry for an [rows, depth] @ [depth, cols] product."""
-    if _on_fma_units(dtype, dot_precision):
+    if _on_fma_units(dtype, input_precision):
         return "fp32"
     aligned = depth % 16 == 0 and cols % 16 == 0
     return "large" if rows >= 8192 and channels_contiguous and aligned else "small"
@@ -154,52 +160,33 @@ def gemm_tile_name(rows: int, depth: int, cols: int, channels_contiguous: bool, 
 WGRAD_TARGET_PROGRAMS = 512
 
 
-# Pixel indices are int32 (addresses are int64): the last row tile runs up to a block past the end.
-MAX_PIXELS = 2**31 - 1 - 1024
-
-
-def pixel_rows(t: torch.Tensor, scale: int = 1) -> int:
-    """The GEMMs' row count for t (N, C, scale*H, scale*W): the N*H*W pixels of its low-resolution grid."""
-    return t.shape[0] * (t.shape[2] // scale) * (t.shape[3] // scale)
-
-
-def check_pixels(rows: int) -> None:
-    """ValueError when ``rows`` pixels (N*H*W of the low-resolution grid) exceed the kernels' int32 indexing."""
-    if rows > MAX_PIXELS:
-        raise ValueError(
-            f"{rows} pixels (N*H*W) exceed the {MAX_PIXELS} the per-pixel GEMM kernels index with int32: "
-            "split the batch, or use backend='torch'"
-        )
-
-
 def pixel_gemm(a: torch.Tensor, a_scale: int, b: torch.Tensor, out: torch.Tensor, out_scale: int,
-               bias: torch.Tensor | None, dot_precision: str) -> torch.Tensor:
+               bias: torch.Tensor | None, input_precision: str) -> torch.Tensor:
     """out_view = a_view @ b (+ bias[q % C_out]), written into ``out`` in place.
 
     a: (N, C_a, a_scale*H, a_scale*W); b: [a_scale**2 * C_a, out_scale**2 * C_out], any strides;
     out: (N, C_out, out_scale*H, out_scale*W); bias: (C_out,) or None. Returns ``out``.
     """
-    if dot_precision == "tf32" and b.stride(0) != 1:
-        b = b.t().contiguous().t()  # K-major: sm_90's tf32 wgmma takes an N-major b in 4-byte copies
+    b = weight_operand(b, input_precision)
     height, width = a.shape[2] // a_scale, a.shape[3] // a_scale
     rows = pixel_rows(a, a_scale)
     depth, cols = a.shape[1] * a_scale**2, out.shape[1] * out_scale**2
     check_pixels(rows)
     channels_contiguous = a.stride(1) == 1 and out.stride(1) == 1
-    tile = GEMM_TILES[gemm_tile_name(rows, depth, cols, channels_contiguous, a.dtype, dot_precision)]
+    tile = GEMM_TILES[gemm_tile_name(rows, depth, cols, channels_contiguous, a.dtype, input_precision)]
     grid = (triton.cdiv(rows, tile["BLOCK_M"]), triton.cdiv(cols, tile["BLOCK_Q"]))
     with device_guard(a):
         pixel_gemm_kernel[grid](
             a, b, out if bias is None else bias, out,
             rows, height, width, depth, cols,
             a.shape[1], *a.stride(), b.stride(0), b.stride(1), out.shape[1], *out.stride(),
-            A_SCALE=a_scale, OUT_SCALE=out_scale, HAS_BIAS=bias is not None, DOT_PRECISION=dot_precision,
-            num_warps=NUM_WARPS, num_stages=NUM_STAGES, **tile,
+            A_SCALE=a_scale, OUT_SCALE=out_scale, HAS_BIAS=bias is not None, INPUT_PRECISION=input_precision,
+            **tile,
         )
     return out
 
 
-def pixel_gemm_wgrad(a: torch.Tensor, a_scale: int, g: torch.Tensor, g_scale: int, dot_precision: str) -> torch.Tensor:
+def pixel_gemm_wgrad(a: torch.Tensor, a_scale: int, g: torch.Tensor, g_scale: int, input_precision: str) -> torch.Tensor:
     """a_view^T @ g_view in fp32: a (N, C_a, a_scale*H, a_scale*W), g (N, C_g, g_scale*H, g_scale*W)
     -> [a_scale**2 * C_a, g_scale**2 * C_g]. The reduction over the N*H*W pixels is split into chunks
     whose partial sums are added afterwards, in a fixed order (deterministic)."""
@@ -207,7 +194,7 @@ def pixel_gemm_wgrad(a: torch.Tensor, a_scale: int, g: torch.Tensor, g_scale: in
     rows = pixel_rows(a, a_scale)
     check_pixels(rows)
     out_rows, out_cols = a.shape[1] * a_scale**2, g.shape[1] * g_scale**2
-    tile = WGRAD_TILES["fp32" if _on_fma_units(a.dtype, dot_precision) else "tensor-core"]
+    tile = WGRAD_TILES["fp32" if _on_fma_units(a.dtype, input_precision) else "tensor-core"]
     tiles = triton.cdiv(out_rows, tile["BLOCK_R"]) * triton.cdiv(out_cols, tile["BLOCK_Q"])
     splits = max(1, min(triton.cdiv(rows, 4 * tile["BLOCK_M"]), triton.cdiv(WGRAD_TARGET_PROGRAMS, tiles)))
     rows_per_split = triton.cdiv(triton.cdiv(rows, splits), tile["BLOCK_M"]) * tile["BLOCK_M"]
@@ -218,17 +205,14 @@ def pixel_gemm_wgrad(a: torch.Tensor, a_scale: int, g: torch.Tensor, g_scale: in
         pixel_gemm_wgrad_kernel[grid](
             a, g, partial, rows, height, width, out_rows, out_cols, rows_per_split,
             a.shape[1], *a.stride(), g.shape[1], *g.stride(),
-            A_SCALE=a_scale, G_SCALE=g_scale, DOT_PRECISION=dot_precision,
-            num_warps=NUM_WARPS, num_stages=NUM_STAGES, **tile,
+            A_SCALE=a_scale, G_SCALE=g_scale, INPUT_PRECISION=input_precision,
+            **tile,
         )
     return partial.sum(0)
 
 
-_TRITON_TYPE = {"fp32": "*fp32", "tf32": "*fp32", "fp16": "*fp16", "bf16": "*bf16"}
-_GEMM_INTS = ("M", "H", "W", "K", "Q", "A_C", "a_sn", "a_sc", "a_sh", "a_sw", "b_sk", "b_sq",
-              "OUT_C", "o_sn", "o_sc", "o_sh", "o_sw")
-_WGRAD_INTS = ("M", "H", "W", "R", "Q", "ROWS_PER_SPLIT", "A_C", "a_sn", "a_sc", "a_sh", "a_sw",
-               "G_C", "g_sn", "g_sc", "g_sh", "g_sw")
+# operand precision -> element type of the tensors
+_ELEMENT = {"fp32": "fp32", "tf32": "fp32", "fp16": "fp16", "bf16": "bf16"}
 _A_SIDE = ("K", "A_C", "a_sn", "a_sh", "a_sw")
 _OUT_SIDE = ("Q", "OUT_C", "o_sn", "o_sh", "o_sw")
 # How the ops call the kernels on channels_last tensors, as Triton's runtime specializes them:
@@ -248,10 +232,10 @@ _WGRAD_CALLS = (
 )
 
 
-def _specialized(int_names, pointers: dict, unit_ints, aligned, constexprs: dict) -> dict:
+def _specialized(fn, element: str, unit_ints, aligned, constexprs: dict, fp32_pointers=()) -> dict:
     """KernelConfig fields for one specialization: ints equal to 1 become constexprs."""
-    signature = {**pointers, **{n: "constexpr" if n in unit_ints else "i32" for n in int_names},
-                 **{n: "constexpr" for n in constexprs}}
+    signature = kernel_signature(fn, element, fp32_pointers)
+    signature.update(dict.fromkeys(unit_ints, "constexpr"))
     return dict(signature=signature, constexprs={**constexprs, **{n: 1 for n in unit_ints}}, aligned_ints=tuple(aligned))
 
 
@@ -263,40 +247,36 @@ def _gemm_tiles_of(precision: str, aligned: tuple) -> tuple:
 
 
 def _register_configs() -> None:
-    for precision, pointer in _TRITON_TYPE.items():
+    for precision, element in _ELEMENT.items():
         dot = "tf32" if precision == "tf32" else "ieee"
-        gemm_pointers = {"a_ptr": pointer, "b_ptr": pointer, "bias_ptr": pointer, "out_ptr": pointer}
         for label, a_scale, out_scale, has_bias, unit_ints, aligned, operands_aligned in _GEMM_CALLS:
-            flags = dict(A_SCALE=a_scale, OUT_SCALE=out_scale, HAS_BIAS=has_bias, DOT_PRECISION=dot)
+            flags = dict(A_SCALE=a_scale, OUT_SCALE=out_scale, HAS_BIAS=has_bias, INPUT_PRECISION=dot)
             copy_width = 16 if operands_aligned else None
             if precision == "tf32":  # the launcher makes b K-major: b_sk = 1, b_sq = K
                 unit_ints = tuple(n for n in unit_ints if n != "b_sq") + ("b_sk",)
                 aligned = tuple(n for n in aligned if n != "b_sk") + (("b_sq",) if "K" in aligned else ())
-            for tile_name in _gemm_tiles_of(precision, aligned):
+            # the tiles the call may run with, then any other layout (e.g. NCHW) with runtime strides
+            variants = [(name, f"{label} {name}", unit_ints, aligned) for name in _gemm_tiles_of(precision, aligned)]
+            any_strides = _gemm_tiles_of(precision, ())[0]
+            variants.append((any_strides, f"{label} {any_strides}, any strides", (), ()))
+            for tile_name, config_label, units, aligned_ints in variants:
                 tile = GEMM_TILES[tile_name]
                 register(KernelConfig(
                     kernel="pixel_gemm", fn=pixel_gemm_kernel, precision=precision, block_m=tile["BLOCK_M"],
-                    num_warps=NUM_WARPS, num_stages=NUM_STAGES, copy_width=copy_width, label=f"{label} {tile_name}",
-                    **_specialized(_GEMM_INTS, gemm_pointers, unit_ints, aligned, {**flags, **tile}),
+                    num_warps=tile["num_warps"], num_stages=tile["num_stages"],
+                    copy_width=copy_width if units else None, label=config_label,
+                    **_specialized(pixel_gemm_kernel, element, units, aligned_ints, {**flags, **_blocks(tile)}),
                 ))
-            # any other layout (e.g. NCHW), with every stride a runtime value
-            tile_name = _gemm_tiles_of(precision, ())[0]
-            register(KernelConfig(
-                kernel="pixel_gemm", fn=pixel_gemm_kernel, precision=precision,
-                block_m=GEMM_TILES[tile_name]["BLOCK_M"], num_warps=NUM_WARPS, num_stages=NUM_STAGES,
-                label=f"{label} {tile_name}, any strides",
-                **_specialized(_GEMM_INTS, gemm_pointers, (), (), {**flags, **GEMM_TILES[tile_name]}),
-            ))
-        wgrad_pointers = {"a_ptr": pointer, "g_ptr": pointer, "partial_ptr": "*fp32"}
         tile = WGRAD_TILES["fp32" if precision == "fp32" else "tensor-core"]
         for label, a_scale, g_scale, unit_ints, aligned, operands_aligned in _WGRAD_CALLS:
-            flags = dict(A_SCALE=a_scale, G_SCALE=g_scale, DOT_PRECISION=dot, **tile)
+            flags = dict(A_SCALE=a_scale, G_SCALE=g_scale, INPUT_PRECISION=dot, **_blocks(tile))
             register(KernelConfig(
                 kernel="pixel_gemm_wgrad", fn=pixel_gemm_wgrad_kernel, precision=precision,
-                block_m=tile["BLOCK_R"], num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+                block_m=tile["BLOCK_R"], num_warps=tile["num_warps"], num_stages=tile["num_stages"],
                 # sm_90's tf32 wgmma takes the pixel-major operands of this product in 4-byte copies
-                copy_width=16 if operands_aligned and precision != "tf32" else None,
-                label=label, **_specialized(_WGRAD_INTS, wgrad_pointers, unit_ints, aligned, flags),
+                copy_width=16 if operands_aligned and precision != "tf32" else None, label=label,
+                **_specialized(pixel_gemm_wgrad_kernel, element, unit_ints, aligned, flags,
+                               fp32_pointers=("partial_ptr",)),
             ))
 
 

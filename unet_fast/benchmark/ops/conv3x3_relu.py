@@ -246,7 +246,7 @@ def _backend_label(provider: str, fused_backend: str, shape: ConvShape, device) 
         return fused_backend
     if provider != "auto":
         return "cudnn" if device.type == "cuda" else "aten"
-    from unet_fast.ops.conv3x3 import chosen_backends
+    from unet_fast.ops.backend import chosen_backends
 
     x_shape = (shape.batch, shape.c1, shape.size, shape.size)
     weight_shape = (shape.c_out, shape.c0 + shape.c1, 3, 3)
@@ -263,7 +263,7 @@ def _triton_version():
 
 
 def _tf32_setting() -> bool:
-    from unet_fast.ops.conv3x3 import conv_allows_tf32
+    from unet_fast.ops._numerics import conv_allows_tf32
 
     return conv_allows_tf32()
 

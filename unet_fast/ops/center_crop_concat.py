@@ -5,7 +5,10 @@ import torch
 import torch.nn.functional as F
 
 from unet_fast import _ext
-from unet_fast.ops._validation import FLOAT_DTYPES, check_crop, check_same, check_tensor, is_channels_last
+from unet_fast.ops._layout import extension_memory_format
+from unet_fast.ops._numerics import FLOAT_DTYPES
+from unet_fast.ops._validation import check_same, check_tensor
+from unet_fast.triton.runtime import check_crop
 
 
 def center_crop_concat(skip: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -29,8 +32,7 @@ def center_crop_concat(skip: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def _fake(skip: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     n, c1, h, w = x.shape
-    layout = torch.channels_last if is_channels_last(x) else torch.contiguous_format
-    return x.new_empty((n, skip.shape[1] + c1, h, w)).to(memory_format=layout)
+    return x.new_empty((n, skip.shape[1] + c1, h, w)).to(memory_format=extension_memory_format(x))
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -39,13 +41,18 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.x_shape = x.shape
 
 
+def center_crop_concat_backward(grad: torch.Tensor, skip_shape, x_shape) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad_skip, grad_x) of the crop-concat from the gradient of its output: skip's channels padded
+    back to skip's size (zero outside the crop window), x's as they are. Also the 3x3 conv's."""
+    skip_channels = skip_shape[1]
+    top, left = check_crop(skip_shape, x_shape)
+    bottom = skip_shape[2] - x_shape[2] - top
+    right = skip_shape[3] - x_shape[3] - left
+    return F.pad(grad[:, :skip_channels], (left, right, top, bottom)), grad[:, skip_channels:]
+
+
 def _backward(ctx, grad: torch.Tensor):
-    skip_channels = ctx.skip_shape[1]
-    top, left = check_crop(ctx.skip_shape, ctx.x_shape)
-    bottom = ctx.skip_shape[2] - ctx.x_shape[2] - top
-    right = ctx.skip_shape[3] - ctx.x_shape[3] - left
-    grad_skip = F.pad(grad[:, :skip_channels], (left, right, top, bottom))
-    return grad_skip, grad[:, skip_channels:]
+    return center_crop_concat_backward(grad, ctx.skip_shape, ctx.x_shape)
 
 
 if _ext._C is not None:

@@ -5,62 +5,30 @@ The Triton path is two ``torch.library`` custom ops, ``unet_fast::conv3x3_relu``
 ``unet_fast::conv3x3_relu_backward``. Backward saves x, skip and y only (and the weight, which is
 the caller's tensor anyway): the ReLU mask and the pool's argmax are recomputed from y.
 
-The custom ops run the Triton kernels (``unet_fast.triton.conv3x3``) for fp16/bf16/fp32 tensors
-on CUDA, or on CPU under ``TRITON_INTERPRET=1``; for other dtypes or devices they run an ATen
-implementation of the same formulas, which is how the autograd formulas are gradchecked in float64.
-``fused_forward`` and ``fused_backward`` are those implementations, also used by the model's block
-ops (``unet_fast.blocks``) so that they make the same per-shape Triton/cuDNN choice.
+The custom ops run the Triton kernels (``unet_fast.triton.conv3x3_relu`` and
+``conv3x3_relu_backward``) for fp16/bf16/fp32 tensors on CUDA, or on CPU under ``TRITON_INTERPRET=1``;
+for other dtypes or devices they run the ATen composite of the same formulas (``composite_forward``,
+``composite_backward``: the one PyTorch formulation, also the "torch" backend's), which is how the
+autograd formulas are gradchecked in float64. ``fused_forward`` and ``fused_backward`` are those
+implementations, also used by the model's block ops (``unet_fast.blocks``) so that they make the
+same per-shape Triton/cuDNN choice (``unet_fast.ops.backend.choose``).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from unet_fast.ops._backends import (
-    TRITON_DTYPES,
-    autocast_cast,
-    autocast_disabled,
-    autocast_dtype,
-    autotune_enabled,
-    check_backend,
-    device_guard,
-    resolve_backend,
-    time_ms,
-    triton_interpreting,
-)
-from unet_fast.ops._validation import check_crop, check_same, check_tensor
-from unet_fast.reference.functional import center_crop
+from unet_fast.ops._numerics import FLOAT_DTYPES, autocast_cast, autocast_disabled, autocast_dtype, conv_allows_tf32
+from unet_fast.ops._validation import check_same, check_tensor
+from unet_fast.ops.center_crop_concat import center_crop_concat_backward
+from unet_fast.ops.backend import TRITON_DTYPES, check_backend, choose, resolve_backend, runs_triton, triton_available
+from unet_fast.reference.functional import center_crop_concat
+from unet_fast.triton.runtime import check_crop, input_precision
 
-_ALL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-try:
-    from unet_fast.triton import conv3x3 as _kernels
-except ImportError:  # no Triton on this platform: the "torch" backend still works
-    _kernels = None
-
-
-def conv_allows_tf32() -> bool:
-    """Whether PyTorch's own (cuDNN) convolution uses TF32 for fp32 inputs right now.
-
-    torch >= 2.9 has ``torch.backends.cudnn.conv.fp32_precision`` ("tf32", "ieee", or "none" to
-    inherit from ``torch.backends.cudnn.fp32_precision`` and then ``torch.backends.fp32_precision``);
-    older versions have ``torch.backends.cudnn.allow_tf32``.
-    """
-    cudnn = torch.backends.cudnn
-    conv = getattr(cudnn, "conv", None)
-    if conv is not None and hasattr(conv, "fp32_precision"):
-        for precision in (conv.fp32_precision, getattr(cudnn, "fp32_precision", "none"),
-                          getattr(torch.backends, "fp32_precision", "none")):
-            if precision != "none":
-                return precision == "tf32"
-    return bool(cudnn.allow_tf32)
-
-
-def _runs_triton(t: torch.Tensor) -> bool:
-    """Whether the custom ops run Triton kernels for this tensor (else their ATen implementation)."""
-    if _kernels is None or t.dtype not in TRITON_DTYPES:
-        return False
-    return t.device.type == "cuda" or (t.device.type == "cpu" and triton_interpreting())
+if triton_available():  # our kernel modules' own ImportErrors are not caught
+    from unet_fast.triton.conv3x3_relu import conv3x3_relu_forward
+    from unet_fast.triton.conv3x3_relu_backward import conv3x3_relu_backward
+    from unet_fast.triton.conv3x3_relu_tiles import check_index_range, fits_index_range
 
 
 def conv3x3_relu(
@@ -87,7 +55,7 @@ def conv3x3_relu(
             "torch" (PyTorch ops, any device and float dtype) or "auto": on CUDA with Triton
             installed the same custom ops, which pick per shape (forward and backward separately)
             the faster of the Triton kernels and cuDNN + PyTorch epilogues, timed once on first
-            use (``chosen_backends()`` lists the picks); otherwise "torch".
+            use (``unet_fast.ops.backend.chosen_backends()`` lists the picks); otherwise "torch".
     Returns:
         y (N, C_out, H - 2, W - 2), or (y, pooled) with pooled (N, C_out, (H - 2)/2, (W - 2)/2) when
         pool=True; channels_last, x's dtype (the autocast dtype under torch.autocast). Differentiable
@@ -104,15 +72,16 @@ def conv3x3_relu(
     every CUDA shape, so results are reproducible.
     """
     check_backend(backend)
-    check_tensor("x", x, dim=4, dtypes=_ALL_DTYPES)
+    check_tensor("x", x, dim=4, dtypes=FLOAT_DTYPES)
     compute_dtype = autocast_dtype(x.device.type)
     x, bias, skip = (autocast_cast(compute_dtype, t) for t in (x, bias, skip))
     resolved = resolve_backend(backend, x.device, x.dtype)
     _validate(x, weight, bias, skip, relu, pool, resolved, weight_cast=compute_dtype is not None)
     if resolved == "torch":
-        return _torch_composite(x, weight.to(x.dtype), bias, skip, relu, pool)
+        y, pooled = composite_forward(x, weight.to(x.dtype), bias, skip, relu=relu, pool=pool)
+        return (y, pooled) if pool else y
     if backend == "triton":  # "auto" falls back to cuDNN for tensors the kernels cannot index
-        _kernels.check_index_range(x, skip, weight)
+        check_index_range(x, skip, weight)
     allow_tf32 = x.device.type == "cuda" and conv_allows_tf32()
     tune = backend == "auto"  # auto on CUDA: per shape, the faster of Triton and cuDNN, measured once
     if pool:
@@ -126,9 +95,9 @@ def _validate(x, weight, bias, skip, relu, pool, backend, weight_cast=False) -> 
     for name, flag in (("relu", relu), ("pool", pool)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
-    dtypes = _ALL_DTYPES if backend == "torch" else TRITON_DTYPES
+    dtypes = FLOAT_DTYPES if backend == "torch" else TRITON_DTYPES
     check_tensor("x", x, dim=4, dtypes=dtypes)
-    check_tensor("weight", weight, dim=4, dtypes=_ALL_DTYPES if weight_cast else dtypes)
+    check_tensor("weight", weight, dim=4, dtypes=FLOAT_DTYPES if weight_cast else dtypes)
     check_same("weight", weight, "x", x, dtype=not weight_cast)
     in_channels = x.shape[1]
     if skip is not None:
@@ -160,16 +129,41 @@ def _validate(x, weight, bias, skip, relu, pool, backend, weight_cast=False) -> 
         )
 
 
-def _torch_composite(x, weight, bias, skip, relu, pool):
-    """The op from PyTorch ops (differentiated by autograd): the reference the kernels are tested against."""
-    inputs = x if skip is None else torch.cat([center_crop(skip, tuple(x.shape[-2:])), x], dim=1)
+def composite_forward(x, weight, bias, skip, *, relu: bool, pool: bool,
+                      memory_format=torch.channels_last) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(y, pooled or None) from PyTorch ops (differentiable by autograd): the one PyTorch formulation of
+    the op, which the kernels are tested against and the "torch" backends (op and blocks) run."""
+    inputs = x if skip is None else center_crop_concat(skip, x)
     y = F.conv2d(inputs, weight, bias)
     if relu:
         y = F.relu(y)
-    y = y.contiguous(memory_format=torch.channels_last)
-    if not pool:
-        return y
-    return y, F.max_pool2d(y, 2).contiguous(memory_format=torch.channels_last)
+    y = y.contiguous(memory_format=memory_format)
+    return y, (F.max_pool2d(y, 2).contiguous(memory_format=memory_format) if pool else None)
+
+
+def composite_backward(grad_y, grad_pooled, x, skip, weight, y, *, relu: bool, needs_input_grad):
+    """(grad_x, grad_skip, grad_weight, grad_bias) of ``composite_forward`` from x, skip and y only, in
+    ATen ops; needs_input_grad = (x, skip, weight, bias), a gradient not needed comes back None."""
+    g = torch.zeros_like(y) if grad_y is None else grad_y
+    if grad_pooled is not None:  # routed to each window's argmax, recomputed from y (PyTorch's tie rule)
+        _, indices = torch.ops.aten.max_pool2d_with_indices(y, [2, 2], [2, 2])
+        g = g + torch.ops.aten.max_pool2d_with_indices_backward(
+            grad_pooled, y, [2, 2], [2, 2], [0, 0], [1, 1], False, indices)
+    if relu:
+        g = torch.where(y > 0, g, torch.zeros_like(g))
+    inputs = x if skip is None else center_crop_concat(skip, x)
+    need_x, need_skip, need_weight, need_bias = needs_input_grad
+    need_inputs = need_x or need_skip
+    grad_inputs, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+        g, inputs, weight, [weight.shape[0]], [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+        [need_inputs, need_weight, need_bias],
+    )
+    grad_x = grad_skip = None
+    if need_inputs:
+        grad_x = grad_inputs
+        if skip is not None:
+            grad_skip, grad_x = center_crop_concat_backward(grad_inputs, skip.shape, x.shape)
+    return grad_x, grad_skip, grad_weight, grad_bias
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,37 +181,6 @@ def _empty_nhwc(shape, like):
     return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=torch.channels_last)
 
 
-_BACKEND_CHOICES: dict[tuple, str] = {}
-
-
-def chosen_backends() -> dict[tuple, str]:
-    """What backend="auto" picked so far: (pass, shape key) -> "triton" or "aten" (cuDNN + PyTorch ops)."""
-    return dict(_BACKEND_CHOICES)
-
-
-def _pick_backend(key: tuple, x: torch.Tensor, run_triton, run_aten) -> str:
-    """The faster implementation for this key, timed on x's device on first use and remembered;
-    always "triton" with UNET_FAST_AUTOTUNE=0 (the fixed, reproducible rule)."""
-    if not autotune_enabled():
-        return "triton"
-    choice = _BACKEND_CHOICES.get(key)
-    if choice is None:
-        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
-            return "triton"  # no timing inside a CUDA graph capture; decide on an eager call
-        with device_guard(x):
-            times = {"triton": time_ms(run_triton), "aten": time_ms(run_aten)}
-        choice = _BACKEND_CHOICES[key] = min(times, key=times.get)
-    return choice
-
-
-def _fits_triton(x, skip, weight) -> bool:
-    try:
-        _kernels.check_index_range(x, skip, weight)
-    except ValueError:
-        return False
-    return True
-
-
 def _shape_key(x, weight, bias, skip, relu, pool, allow_tf32) -> tuple:
     return (
         tuple(x.shape), None if skip is None else tuple(skip.shape), tuple(weight.shape), bias is not None,
@@ -225,27 +188,24 @@ def _shape_key(x, weight, bias, skip, relu, pool, allow_tf32) -> tuple:
     )
 
 
-def _aten_forward(x, weight, bias, skip, relu, pool):
-    result = _torch_composite(x, weight, bias, skip, relu, pool)
-    return result if pool else (result, None)
-
-
-def fused_forward(x, weight, bias, skip, relu, pool, allow_tf32, tune):
+def fused_forward(x, weight, bias, skip, *, relu: bool, pool: bool, allow_tf32: bool, tune: bool):
     """(y, pooled or None) of the op, without validation or autograd: the Triton kernels where they run
-    (``_runs_triton``), else ATen ops. ``tune`` (backend "auto"): per shape, the faster of the two,
+    (``backend.runs_triton``), else ATen ops. ``tune`` (backend "auto"): per shape, the faster of the two,
     timed once, and ATen for tensors too large for the kernels' int32 indexing. The weight may have
     another dtype than x (it is cast here); the rest have x's."""
     weight = weight.to(x.dtype)
     with autocast_disabled(x.device.type):
-        if not _runs_triton(x):
-            return _aten_forward(x, weight, bias, skip, relu, pool)
-        run_triton = lambda: _kernels.conv3x3_forward(x, weight, bias, skip, relu, pool, allow_tf32)  # noqa: E731
-        run_aten = lambda: _aten_forward(x, weight, bias, skip, relu, pool)  # noqa: E731
+        run_aten = lambda: composite_forward(x, weight, bias, skip, relu=relu, pool=pool)  # noqa: E731
+        if not runs_triton(x):
+            return run_aten()
+        precision = input_precision(x.dtype, allow_tf32)
+        run_triton = lambda: conv3x3_relu_forward(  # noqa: E731
+            x, weight, bias, skip, relu=relu, pool=pool, input_precision=precision)
         if tune:
-            if not _fits_triton(x, skip, weight):
+            if not fits_index_range(x, skip, weight):
                 return run_aten()
             key = ("forward", *_shape_key(x, weight, bias, skip, relu, pool, allow_tf32))
-            if _pick_backend(key, x, run_triton, run_aten) == "aten":
+            if choose(key, x, run_triton, run_aten) == "aten":
                 return run_aten()
         return run_triton()
 
@@ -255,7 +215,7 @@ def _conv3x3_relu_op(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, skip: torch.Tensor | None,
     relu: bool, allow_tf32: bool, tune: bool,
 ) -> torch.Tensor:
-    return fused_forward(x, weight, bias, skip, relu, False, allow_tf32, tune)[0]
+    return fused_forward(x, weight, bias, skip, relu=relu, pool=False, allow_tf32=allow_tf32, tune=tune)[0]
 
 
 @torch.library.custom_op("unet_fast::conv3x3_relu_pool", mutates_args=())
@@ -263,7 +223,7 @@ def _conv3x3_relu_pool_op(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, skip: torch.Tensor | None,
     relu: bool, allow_tf32: bool, tune: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return fused_forward(x, weight, bias, skip, relu, True, allow_tf32, tune)
+    return fused_forward(x, weight, bias, skip, relu=relu, pool=True, allow_tf32=allow_tf32, tune=tune)
 
 
 @_conv3x3_relu_op.register_fake
@@ -275,31 +235,6 @@ def _conv3x3_relu_fake(x, weight, bias, skip, relu, allow_tf32, tune):
 def _conv3x3_relu_pool_fake(x, weight, bias, skip, relu, allow_tf32, tune):
     y_shape, pooled_shape = _output_shapes(x, weight)
     return _empty_nhwc(y_shape, x), _empty_nhwc(pooled_shape, x)
-
-
-def _aten_backward(grad_y, grad_pooled, x, skip, weight, y, relu, needs):
-    """The backward formulas in ATen ops, from x, skip and y only."""
-    g = torch.zeros_like(y) if grad_y is None else grad_y
-    if grad_pooled is not None:
-        _, argmax = F.max_pool2d(y, 2, return_indices=True)  # PyTorch's own tie rule
-        g = g + F.max_unpool2d(grad_pooled, argmax, 2, output_size=y.shape[-2:])
-    if relu:
-        g = torch.where(y > 0, g, torch.zeros_like(g))
-    inputs = x if skip is None else torch.cat([center_crop(skip, tuple(x.shape[-2:])), x], dim=1)
-    need_inputs = needs[0] or needs[1]
-    grad_inputs, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-        g, inputs, weight, [weight.shape[0]], [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
-        [need_inputs, needs[2], needs[3]],
-    )
-    grad_x = grad_skip = None
-    if need_inputs:
-        c0 = 0 if skip is None else skip.shape[1]
-        grad_x = grad_inputs[:, c0:]
-        if skip is not None:
-            top, left = check_crop(skip.shape, x.shape)
-            grad_skip = torch.zeros_like(skip)
-            grad_skip[:, :, top : top + x.shape[2], left : left + x.shape[3]] = grad_inputs[:, :c0]
-    return grad_x, grad_skip, grad_weight, grad_bias
 
 
 # layouts of (grad_x, grad_skip, grad_weight, grad_bias) as the backward op returns them
@@ -319,14 +254,16 @@ def _conv3x3_relu_backward_op(
     """(grad_x, grad_skip, grad_weight, grad_bias) for needs_input_grad = (x, skip, weight, bias); a
     gradient not needed (or without its input) comes back as a (0,)-shaped tensor: custom ops cannot
     return None. grad_weight has the weight's dtype, the others x's."""
-    grads = fused_backward(grad_y, grad_pooled, x, skip, weight, y, relu, pool, allow_tf32, tune, needs_input_grad)
+    grads = fused_backward(grad_y, grad_pooled, x, skip, weight, y, relu=relu, pool=pool, allow_tf32=allow_tf32,
+                           tune=tune, needs_input_grad=needs_input_grad)
     return tuple(
         x.new_empty((0,)) if grad is None else grad.to(like.dtype).contiguous(memory_format=layout)
         for grad, like, layout in zip(grads, (x, x, weight, x), _GRAD_LAYOUTS)
     )
 
 
-def fused_backward(grad_y, grad_pooled, x, skip, weight, y, relu, pool, allow_tf32, tune, needs_input_grad):
+def fused_backward(grad_y, grad_pooled, x, skip, weight, y, *, relu: bool, pool: bool, allow_tf32: bool, tune: bool,
+                   needs_input_grad):
     """(grad_x, grad_skip, grad_weight, grad_bias) of ``fused_forward``, from x, skip and y, with the
     same Triton/ATen choice; a gradient not in needs_input_grad (x, skip, weight, bias), or without
     its input, is None. The weight is cast to x's dtype here; the gradients come in x's dtype, as
@@ -336,13 +273,15 @@ def fused_backward(grad_y, grad_pooled, x, skip, weight, y, relu, pool, allow_tf
     needs = (needs[0], needs[1] and skip is not None, needs[2], needs[3])
     weight = weight.to(x.dtype)
     with autocast_disabled(x.device.type):
-        run_aten = lambda: _aten_backward(grad_y, grad_pooled if pool else None, x, skip, weight, y, relu, needs)  # noqa: E731
-        if _runs_triton(x) and not (tune and not _fits_triton(x, skip, weight)):
-            run_triton = lambda: _kernels.conv3x3_backward(  # noqa: E731
-                grad_y, grad_pooled, x, skip, weight, y, relu, pool, needs, allow_tf32
+        run_aten = lambda: composite_backward(  # noqa: E731
+            grad_y, grad_pooled if pool else None, x, skip, weight, y, relu=relu, needs_input_grad=needs)
+        if runs_triton(x) and not (tune and not fits_index_range(x, skip, weight)):
+            run_triton = lambda: conv3x3_relu_backward(  # noqa: E731
+                grad_y, grad_pooled, x, skip, weight, y, relu=relu, pool=pool, needs_input_grad=needs,
+                input_precision=input_precision(x.dtype, allow_tf32),
             )
             key = ("backward", *_shape_key(x, weight, None, skip, relu, pool, allow_tf32), needs, grad_y is None)
-            use_aten = tune and _pick_backend(key, x, run_triton, run_aten) == "aten"
+            use_aten = tune and choose(key, x, run_triton, run_aten) == "aten"
             grads = run_aten() if use_aten else run_triton()
         else:
             grads = run_aten()

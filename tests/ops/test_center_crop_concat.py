@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from tests.conftest import HAS_CUDA
+from tests.ops.op_contract import OpContract
 from unet_fast.ops import center_crop_concat
 from unet_fast.reference import center_crop_concat as reference
 
@@ -13,6 +14,39 @@ def _inputs(dtype=torch.float32, device="cpu", skip_hw=(11, 14), x_hw=(7, 8), ba
     skip = torch.randn(batch, c0, *skip_hw, dtype=dtype, device=device)
     x = torch.randn(batch, c1, *x_hw, dtype=dtype, device=device)
     return skip, x
+
+
+class TestCenterCropConcatContract(OpContract):
+    op_name = "center_crop_concat"
+    device = "cpu"
+    float64_tolerance = {"rtol": 0, "atol": 0}  # a copy: bit-exact
+
+    def public(self, skip, x):
+        return center_crop_concat(skip, x)
+
+    def sample_inputs(self, device, dtype):
+        return [(tuple(t.requires_grad_() for t in _inputs(dtype, device, skip_hw=skip_hw, x_hw=x_hw)), {})
+                for skip_hw, x_hw in (((11, 14), (7, 8)), ((6, 6), (6, 6)))]
+
+    def reference(self, skip, x):
+        return reference(skip, x)
+
+    def opcheck_args(self, device):
+        skip, x = _inputs(device=device)
+        channels_last = tuple(t.to(memory_format=torch.channels_last).requires_grad_() for t in _inputs(device=device))
+        return [(skip, x), channels_last]
+
+    def bad_inputs(self):
+        skip, x = _inputs()
+        return [
+            (lambda: center_crop_concat(skip, x.double()), TypeError, "dtype"),
+            (lambda: center_crop_concat(skip.long(), x.long()), TypeError, "skip must have dtype"),
+            (lambda: center_crop_concat(skip, x[0]), ValueError, "4-d"),
+            (lambda: center_crop_concat(skip, x[:1]), ValueError, "batch size"),
+            (lambda: center_crop_concat(skip, x.numpy()), TypeError, "torch.Tensor"),
+            (lambda: center_crop_concat(*_inputs(skip_hw=(10, 10), x_hw=(7, 8))), ValueError, "even"),
+            (lambda: center_crop_concat(*_inputs(skip_hw=(6, 6), x_hw=(8, 6))), ValueError, "even, non-negative"),
+        ]
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
@@ -36,55 +70,12 @@ def test_mixed_layouts_and_non_contiguous_views():
 
 
 def test_gradients_route_back_to_the_crop_window():
-    skip, x = _inputs(torch.float64)
-    skip.requires_grad_(True)
-    x.requires_grad_(True)
-    assert torch.autograd.gradcheck(center_crop_concat, (skip, x))
+    skip, x = (t.requires_grad_() for t in _inputs(torch.float64))
     out = center_crop_concat(skip, x)
     grad = torch.randn_like(out)
     out.backward(grad)
     expected = torch.autograd.grad(reference(skip, x), (skip, x), grad)
     assert torch.equal(skip.grad, expected[0]) and torch.equal(x.grad, expected[1])
-
-
-def test_opcheck():
-    skip, x = _inputs()
-    torch.library.opcheck(torch.ops.unet_fast.center_crop_concat.default, (skip, x))
-    skip, x = (t.to(memory_format=torch.channels_last).requires_grad_() for t in _inputs())
-    torch.library.opcheck(torch.ops.unet_fast.center_crop_concat.default, (skip, x))
-
-
-def test_compiles_without_graph_breaks():
-    skip, x = _inputs()
-
-    def decoder_input(skip, x):
-        return center_crop_concat(skip, torch.relu(x)) * 2
-
-    compiled = torch.compile(decoder_input, fullgraph=True, backend="aot_eager")
-    assert torch.equal(compiled(skip, x), decoder_input(skip, x))
-
-
-@pytest.mark.parametrize(
-    "skip_hw,x_hw,match", [((10, 10), (7, 8), "even"), ((6, 6), (8, 6), "even, non-negative")]
-)
-def test_bad_crop_sizes_raise_value_error(skip_hw, x_hw, match):
-    skip, x = _inputs(skip_hw=skip_hw, x_hw=x_hw)
-    with pytest.raises(ValueError, match=match):
-        center_crop_concat(skip, x)
-
-
-def test_bad_inputs_raise_clear_errors():
-    skip, x = _inputs()
-    with pytest.raises(TypeError, match="dtype"):
-        center_crop_concat(skip, x.double())
-    with pytest.raises(TypeError, match="skip must have dtype"):
-        center_crop_concat(skip.long(), x.long())
-    with pytest.raises(ValueError, match="4-d"):
-        center_crop_concat(skip, x[0])
-    with pytest.raises(ValueError, match="batch size"):
-        center_crop_concat(skip, x[:1])
-    with pytest.raises(TypeError, match="torch.Tensor"):
-        center_crop_concat(skip, x.numpy())
 
 
 @pytest.mark.gpu

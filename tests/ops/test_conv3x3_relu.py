@@ -10,67 +10,69 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 
+from tests.ops.conv3x3_relu_cases import CASES, as_float, call_args, grads_of, make_inputs, plain_reference, run
+from tests.ops.op_contract import OpContract
 from unet_fast.ops import conv3x3_relu
-from unet_fast.ops.conv3x3 import conv_allows_tf32
-from unet_fast.reference.functional import center_crop
+from unet_fast.ops._numerics import conv_allows_tf32
 
-# (batch, skip channels, x channels, out channels, H, W, crop difference, relu, pool, bias)
-CASES = [
-    pytest.param(2, 3, 5, 7, 8, 10, (2, 4), True, True, True, id="skip-crop-pool"),
-    pytest.param(2, 0, 5, 6, 7, 9, (0, 0), True, False, False, id="odd-size-no-bias"),
-    pytest.param(1, 4, 17, 6, 10, 8, (0, 0), False, True, True, id="crop0-no-relu-pool"),
-    pytest.param(3, 0, 1, 40, 6, 6, (0, 0), True, True, True, id="one-channel-two-out-tiles"),
-    pytest.param(2, 35, 3, 5, 5, 7, (2, 2), True, False, True, id="two-skip-channel-tiles"),
+
+class TestConv3x3ReluContract(OpContract):
+    op_name = "conv3x3_relu"
+
+    def public(self, x, weight, bias, skip, **kwargs):
+        return conv3x3_relu(x, weight, bias, skip=skip, **kwargs)
+
+    def sample_inputs(self, device, dtype):
+        samples = []
+        for pool, relu, crop, c0 in ((True, True, (2, 0), 2), (False, False, (0, 0), 0)):
+            inputs = make_inputs(2, c0, 3, 3, 6, 6, crop, True, dtype, device)
+            backend_name = "triton" if dtype != torch.float64 else "torch"
+            samples.append(((inputs["x"], inputs["weight"], inputs["bias"], inputs["skip"]),
+                            {"relu": relu, "pool": pool, "backend": backend_name}))
+        return samples
+
+    def reference(self, x, weight, bias, skip, *, relu, pool, backend):
+        return plain_reference(x, weight, bias, skip, relu, pool)
+
+    def opcheck_args(self, device):
+        inputs = make_inputs(2, 2, 3, 4, 6, 6, (2, 2), True, torch.float32, device)
+        x, weight = inputs["x"].detach(), inputs["weight"].detach()
+        return [(inputs["x"], inputs["weight"], inputs["bias"], inputs["skip"], True, False, False),
+                (x, weight[:, :3].contiguous(), None, None, False, False, False)]
+
+    def bad_inputs(self):
+        def call(change):
+            args = {
+                "x": torch.randn(2, 3, 6, 6), "weight": torch.randn(4, 5, 3, 3), "bias": torch.randn(4),
+                "skip": torch.randn(2, 2, 8, 8), "pool": True, "relu": True, "backend": "torch",
+            }
+            change(args)
+            return lambda: conv3x3_relu(args.pop("x"), args.pop("weight"), args.pop("bias"), **args)
+
+        return [(call(change), error, match) for change, error, match in BAD_INPUTS]
+
+
+BAD_INPUTS = [
+    (lambda a: a.update(x=a["x"][0]), ValueError, "x must be 4-d"),
+    (lambda a: a.update(x=a["x"].long()), TypeError, "x must have dtype"),
+    (lambda a: a.update(x=[1, 2]), TypeError, "x must be a torch.Tensor"),
+    (lambda a: a.update(weight=a["weight"].half()), TypeError, "weight has dtype"),
+    (lambda a: a.update(weight=a["weight"][:, :, :2]), ValueError, r"weight must have shape \(C_out, 5, 3, 3\)"),
+    (lambda a: a.update(weight=a["weight"][:, 1:]), ValueError, "weight must have shape"),
+    (lambda a: a.update(bias=a["bias"][:2]), ValueError, "bias must have shape"),
+    (lambda a: a.update(bias=a["bias"].double()), TypeError, "bias has dtype"),
+    (lambda a: a.update(skip=a["skip"][:, :, 1:]), ValueError, "even, non-negative"),
+    (lambda a: a.update(skip=a["skip"][:, :, :5, :5]), ValueError, "even, non-negative"),
+    (lambda a: a.update(skip=a["skip"][:1]), ValueError, "same batch size"),
+    (lambda a: a.update(skip=a["skip"].half()), TypeError, "skip has dtype"),
+    (lambda a: a.update(x=a["x"][:, :, :2, :2], skip=None, weight=a["weight"][:, 2:]), ValueError, "at least 3x3"),
+    (lambda a: a.update(x=a["x"][:, :, :5], skip=a["skip"][:, :, :7]), ValueError, "pool=True needs an even"),
+    (lambda a: a.update(backend="cudnn"), ValueError, "backend must be one of"),
+    (lambda a: a.update(relu=1), TypeError, "relu must be a bool"),
+    (lambda a: a.update(x=a["x"].double(), weight=a["weight"].double(), bias=None, skip=None, backend="triton"),
+     TypeError, 'backend="triton" supports float16, bfloat16 and float32'),
 ]
-
-
-def make_inputs(batch, c0, c1, c_out, height, width, crop, bias, dtype, device, channels_last=False):
-    generator = torch.Generator().manual_seed(batch * 1000 + c0 * 100 + c1 * 10 + c_out)
-    scale = (9 * (c0 + c1)) ** -0.5  # unit-variance outputs, so tolerances mean the same for every shape
-
-    def rand(*shape, std=1.0):
-        return (torch.randn(*shape, generator=generator) * std).to(dtype=dtype, device=device)
-
-    x = rand(batch, c1, height, width)
-    skip = rand(batch, c0, height + crop[0], width + crop[1]) if c0 else None
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    inputs = {
-        "x": x,
-        "weight": rand(c_out, c0 + c1, 3, 3, std=scale),
-        "bias": rand(c_out) if bias else None,
-        "skip": skip,
-    }
-    return {name: t.requires_grad_() if t is not None else None for name, t in inputs.items()}
-
-
-def plain_reference(x, weight, bias, skip, relu, pool):
-    """Straight from torch.nn.functional, independent of the op's code."""
-    inputs = x if skip is None else torch.cat([center_crop(skip, tuple(x.shape[-2:])), x], 1)
-    y = F.conv2d(inputs, weight, bias)
-    y = F.relu(y) if relu else y
-    return (y, F.max_pool2d(y, 2)) if pool else (y,)
-
-
-def run(inputs, relu, pool, backend):
-    """Outputs as a tuple, and the gradients of a random linear function of them for every input."""
-    out = conv3x3_relu(inputs["x"], inputs["weight"], inputs["bias"], skip=inputs["skip"], relu=relu, pool=pool, backend=backend)
-    out = out if pool else (out,)
-    return out, _grads(out, inputs)
-
-
-def _grads(out, inputs):
-    generator = torch.Generator().manual_seed(7)
-    loss = sum((o.float() * torch.randn(o.shape, generator=generator).to(o.device)).sum() for o in out)
-    names = [name for name, t in inputs.items() if t is not None]
-    grads = torch.autograd.grad(loss, [inputs[name] for name in names])
-    return dict(zip(names, grads))
-
-
-def as_float(inputs):
-    return {k: None if t is None else t.detach().float().requires_grad_() for k, t in inputs.items()}
 
 
 @pytest.mark.parametrize("batch,c0,c1,c_out,height,width,crop,relu,pool,bias", CASES)
@@ -128,46 +130,32 @@ def test_pool_ties_route_to_first_max_like_pytorch(triton_device):
 
 def test_only_pooled_output_used(triton_device):
     inputs = make_inputs(2, 2, 3, 4, 6, 6, (2, 2), True, torch.float32, triton_device)
-    grads = _grads(conv3x3_relu(**_call(inputs), pool=True, backend="triton")[1:], inputs)
-    ref = _grads(conv3x3_relu(**_call(inputs), pool=True, backend="torch")[1:], inputs)
+    grads = grads_of(conv3x3_relu(**call_args(inputs), pool=True, backend="triton")[1:], inputs)
+    ref = grads_of(conv3x3_relu(**call_args(inputs), pool=True, backend="torch")[1:], inputs)
     for name in grads:
         torch.testing.assert_close(grads[name], ref[name], atol=1e-4, rtol=1e-4)
-
-
-def _call(inputs):
-    return {"x": inputs["x"], "weight": inputs["weight"], "bias": inputs["bias"], "skip": inputs["skip"]}
 
 
 def test_autocast_casts_inputs_and_keeps_fp32_weight_grad(triton_device):
     inputs = make_inputs(2, 2, 3, 4, 6, 6, (2, 2), True, torch.float32, triton_device)
     with torch.autocast(triton_device, dtype=torch.float16):
-        y = conv3x3_relu(**_call(inputs), backend="triton")
+        y = conv3x3_relu(**call_args(inputs), backend="triton")
     assert y.dtype == torch.float16
-    grads = _grads((y,), inputs)
+    grads = grads_of((y,), inputs)
     assert all(g.dtype == torch.float32 for g in grads.values())
     half = {k: t.detach().half().requires_grad_() for k, t in inputs.items()}
-    ref = _grads((conv3x3_relu(**_call(half), backend="triton"),), half)
+    ref = grads_of((conv3x3_relu(**call_args(half), backend="triton"),), half)
     for name in grads:
         torch.testing.assert_close(grads[name], ref[name].float())
 
 
 def test_torch_backend_matches_plain_functional():
     inputs = make_inputs(2, 3, 4, 5, 8, 8, (2, 2), True, torch.float64, "cpu", channels_last=True)
-    out = conv3x3_relu(**_call(inputs), pool=True, backend="torch")
+    out = conv3x3_relu(**call_args(inputs), pool=True, backend="torch")
     ref = plain_reference(inputs["x"], inputs["weight"], inputs["bias"], inputs["skip"], True, True)
     for o, r in zip(out, ref):
         assert o.is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(o, r, rtol=0, atol=0)
-
-
-@pytest.mark.parametrize("pool", [False, True])
-def test_torch_backend_gradcheck_float64(pool):
-    inputs = make_inputs(2, 2, 3, 3, 6, 6, (2, 0), True, torch.float64, "cpu")
-
-    def fn(x, weight, bias, skip):
-        return conv3x3_relu(x, weight, bias, skip=skip, pool=pool, backend="torch")
-
-    assert torch.autograd.gradcheck(fn, (inputs["x"], inputs["weight"], inputs["bias"], inputs["skip"]), fast_mode=True)
 
 
 @pytest.mark.parametrize("pool", [False, True])
@@ -184,15 +172,6 @@ def test_custom_op_autograd_formula_gradcheck_float64(pool, relu):
     assert torch.autograd.gradcheck(fn, (inputs["x"], inputs["weight"], inputs["bias"], inputs["skip"]), fast_mode=True)
 
 
-@pytest.mark.parametrize("pool", [False, True])
-def test_opcheck(triton_device, pool):
-    inputs = make_inputs(2, 2, 3, 4, 6, 6, (2, 2), True, torch.float32, triton_device)
-    op = torch.ops.unet_fast.conv3x3_relu_pool if pool else torch.ops.unet_fast.conv3x3_relu
-    torch.library.opcheck(op, (inputs["x"], inputs["weight"], inputs["bias"], inputs["skip"], True, False, False))
-    no_skip = (inputs["x"].detach(), inputs["weight"][:, :3].detach(), None, None, False, False, False)
-    torch.library.opcheck(op, no_skip)
-
-
 def test_opcheck_backward_op(triton_device):
     inputs = make_inputs(2, 2, 3, 4, 6, 6, (2, 2), True, torch.float32, triton_device)
     x, weight, skip = inputs["x"].detach(), inputs["weight"].detach(), inputs["skip"].detach()
@@ -201,83 +180,10 @@ def test_opcheck_backward_op(triton_device):
     torch.library.opcheck(torch.ops.unet_fast.conv3x3_relu_backward, args)
 
 
-def test_torch_compile_fullgraph_has_no_graph_break(triton_device):
-    # aot_eager keeps this fast on CPU: it traces forward and backward through the fake kernels
-    # (what matters for graph breaks) without inductor's code generation
-    inputs = make_inputs(2, 2, 3, 4, 6, 6, (2, 2), True, torch.float32, triton_device)
-
-    def block(x, weight, bias, skip):
-        y, pooled = conv3x3_relu(x, weight, bias, skip=skip, pool=True, backend="triton")
-        return (y.sum() + 2 * pooled.sum()) * 0.5
-
-    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
-    args = (inputs["x"], inputs["weight"], inputs["bias"], inputs["skip"])
-    loss = compiled(*args)
-    grads = torch.autograd.grad(loss, args)
-    ref_grads = torch.autograd.grad(block(*args), args)
-    for g, r in zip(grads, ref_grads):
-        torch.testing.assert_close(g, r)
-
-
-def test_backend_tuning_uses_the_faster_implementation(triton_device, monkeypatch):
-    # backend="auto" on CUDA times Triton against cuDNN per shape; here a fake timer makes ATen
-    # (timed second) the faster, and the op must then run it, forward and backward, and record it
-    import itertools
-
-    from unet_fast.ops import conv3x3 as module
-
-    monkeypatch.setattr(module, "_BACKEND_CHOICES", {})
-    timings = itertools.cycle([2.0, 1.0])  # triton, then aten
-    monkeypatch.setattr(module, "time_ms", lambda fn: (fn(), next(timings))[1])
-    inputs = make_inputs(2, 2, 3, 4, 6, 6, (2, 2), True, torch.float32, triton_device)
-    y, pooled = torch.ops.unet_fast.conv3x3_relu_pool(inputs["x"], inputs["weight"], inputs["bias"], inputs["skip"], True, False, True)
-    grads = _grads((y, pooled), inputs)
-    ref_out, ref_grads = run(inputs, True, True, "torch")
-    torch.testing.assert_close((y, pooled), ref_out, atol=1e-5, rtol=1e-5)
-    for name in grads:
-        torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-5, rtol=1e-5)
-    choices = module.chosen_backends()
-    assert sorted(key[0] for key in choices) == ["backward", "forward"]
-    assert set(choices.values()) == {"aten"}
-
-
 def test_auto_backend_on_cpu_runs_torch():
     inputs = make_inputs(1, 0, 2, 3, 5, 5, (0, 0), True, torch.float64, "cpu")
-    out = conv3x3_relu(**_call(inputs))  # float64 on CPU: only the torch backend can take it
+    out = conv3x3_relu(**call_args(inputs))  # float64 on CPU: only the torch backend can take it
     torch.testing.assert_close(out, plain_reference(inputs["x"], inputs["weight"], inputs["bias"], None, True, False)[0])
-
-
-@pytest.mark.parametrize(
-    "change,error,match",
-    [
-        (lambda a: a.update(x=a["x"][0]), ValueError, "x must be 4-d"),
-        (lambda a: a.update(x=a["x"].long()), TypeError, "x must have dtype"),
-        (lambda a: a.update(x=[1, 2]), TypeError, "x must be a torch.Tensor"),
-        (lambda a: a.update(weight=a["weight"].half()), TypeError, "weight has dtype"),
-        (lambda a: a.update(weight=a["weight"][:, :, :2]), ValueError, r"weight must have shape \(C_out, 5, 3, 3\)"),
-        (lambda a: a.update(weight=a["weight"][:, 1:]), ValueError, "weight must have shape"),
-        (lambda a: a.update(bias=a["bias"][:2]), ValueError, "bias must have shape"),
-        (lambda a: a.update(bias=a["bias"].double()), TypeError, "bias has dtype"),
-        (lambda a: a.update(skip=a["skip"][:, :, 1:]), ValueError, "even, non-negative"),
-        (lambda a: a.update(skip=a["skip"][:, :, :5, :5]), ValueError, "even, non-negative"),
-        (lambda a: a.update(skip=a["skip"][:1]), ValueError, "same batch size"),
-        (lambda a: a.update(skip=a["skip"].half()), TypeError, "skip has dtype"),
-        (lambda a: a.update(x=a["x"][:, :, :2, :2], skip=None, weight=a["weight"][:, 2:]), ValueError, "at least 3x3"),
-        (lambda a: a.update(x=a["x"][:, :, :5], skip=a["skip"][:, :, :7]), ValueError, "pool=True needs an even"),
-        (lambda a: a.update(backend="cudnn"), ValueError, "backend must be one of"),
-        (lambda a: a.update(relu=1), TypeError, "relu must be a bool"),
-        (lambda a: a.update(x=a["x"].double(), weight=a["weight"].double(), bias=None, skip=None, backend="triton"),
-         TypeError, 'backend="triton" supports float16, bfloat16 and float32'),
-    ],
-)
-def test_bad_inputs_raise(change, error, match):
-    args = {
-        "x": torch.randn(2, 3, 6, 6), "weight": torch.randn(4, 5, 3, 3), "bias": torch.randn(4),
-        "skip": torch.randn(2, 2, 8, 8), "pool": True, "relu": True, "backend": "torch",
-    }
-    change(args)
-    with pytest.raises(error, match=match):
-        conv3x3_relu(args.pop("x"), args.pop("weight"), args.pop("bias"), **args)
 
 
 def test_triton_backend_refuses_cpu_without_interpreter(monkeypatch):
@@ -313,7 +219,8 @@ def test_aot_compiles_representative_configs():
     # forward for sm_80 (mma); `python -m unet_fast.tools.aot_check` compiles all of them. A fresh
     # process: @triton.jit kernels are interpreter objects under TRITON_INTERPRET=1.
     script = (
-        "import sys, unet_fast.triton\n"
+        "import sys\n"
+        "from unet_fast.triton import conv3x3_relu, conv3x3_relu_backward  # noqa: F401 (they register)\n"
         "from unet_fast.triton.aot import registered\n"
         "from unet_fast.tools.aot_check import check, format_table\n"
         "configs = [c for c in registered() if c.kernel.startswith('conv3x3')]\n"
@@ -362,8 +269,8 @@ def test_cuda_matches_float64_reference(pinned_conv_precision, dtype, batch, c0,
 
 @pytest.mark.gpu
 def test_cuda_auto_backend_picks_per_shape_and_matches(pinned_conv_precision, monkeypatch):
-    from unet_fast.ops._backends import AUTOTUNE_ENV
-    from unet_fast.ops.conv3x3 import chosen_backends
+    from unet_fast.ops.backend import chosen_backends
+    from unet_fast.triton.runtime import AUTOTUNE_ENV
 
     monkeypatch.delenv(AUTOTUNE_ENV, raising=False)  # the GPU suite runs with UNET_FAST_AUTOTUNE=0
 
@@ -382,7 +289,7 @@ def test_cuda_auto_backend_picks_per_shape_and_matches(pinned_conv_precision, mo
 def test_launch_grids_fit_cuda_limits_for_paper_shape_at_batch_16():
     """Only grid axis 0 may exceed 65,535 blocks; pixel tiles go there, channel tiles stay small."""
     from unet_fast.shapes import level_sizes
-    from unet_fast.triton.conv3x3 import _GEMM_TILES, gemm_grid
+    from unet_fast.triton.conv3x3_relu_tiles import GEMM_TILES, gemm_grid
 
     batch, widest = 16, 1024
     conv_inputs = []  # (input side, output side) of every 3x3 conv of the 572 network
@@ -390,7 +297,7 @@ def test_launch_grids_fit_cuda_limits_for_paper_shape_at_batch_16():
         conv_inputs += [(encoder + 4, encoder + 2), (encoder + 2, encoder), (decoder + 4, decoder + 2), (decoder + 2, decoder)]
     largest_rows = 0
     for side_in, side_out in conv_inputs:
-        for block_m, block_n, *_ in {tile for tiles in _GEMM_TILES.values() for tile in tiles}:
+        for block_m, block_n in {(tile["BLOCK_M"], tile["BLOCK_N"]) for tiles in GEMM_TILES.values() for tile in tiles}:
             for rows in (batch * side_out**2, batch * side_in**2):  # forward, dgrad
                 grid = gemm_grid(rows, widest, block_m, block_n)
                 assert all(blocks <= 65535 for blocks in grid[1:]), (side_in, block_m, grid)

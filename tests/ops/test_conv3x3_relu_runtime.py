@@ -3,6 +3,7 @@ device guard, the int32 index-range guard, the autotuning opt-out, the weight gr
 reduction, the fp32 precision pin, and the model blocks' use of the op's per-shape choice.
 
 Triton runs in its interpreter without a GPU (tests/conftest.py sets TRITON_INTERPRET=1)."""
+import contextlib
 import itertools
 
 import pytest
@@ -10,29 +11,29 @@ import torch
 import torch.nn.functional as F
 
 from tests.ops.conftest import ieee_fp32_convolutions
-from tests.ops.test_conv3x3 import _call, _grads, make_inputs, plain_reference, run
-from unet_fast.ops import conv1x1, conv3x3_relu, upconv2x2
-from unet_fast.ops import conv3x3 as conv_module
-from unet_fast.ops._backends import AUTOTUNE_ENV, block_backend, resolve_backend
-from unet_fast.ops.conv3x3 import conv_allows_tf32
-from unet_fast.triton import conv3x3 as conv_kernels
+from tests.ops.conv3x3_relu_cases import call_args, grads_of, make_inputs, plain_reference, run
+from unet_fast.ops import backend, conv1x1, conv3x3_relu, upconv2x2
+from unet_fast.ops._numerics import conv_allows_tf32
+from unet_fast.ops.backend import block_backend, resolve_backend
+from unet_fast.triton import conv3x3_relu as forward_kernels
+from unet_fast.triton import conv3x3_relu_backward as backward_kernels
+from unet_fast.triton import conv3x3_relu_tiles as tiles
+from unet_fast.triton.runtime import AUTOTUNE_ENV
+
+
+def no_timing(fn):
+    raise AssertionError("timed a backend although no timing was expected")
+
+
+def aten_faster():
+    """A timer under which ATen (timed second) is the faster of each pair."""
+    timings = itertools.cycle([2.0, 1.0])
+    return lambda fn: (fn(), next(timings))[1]
 
 
 @pytest.fixture
-def fresh_choices(monkeypatch):
-    """An empty record of backend="auto" picks, and a timer that must not run unless a test installs one."""
-    monkeypatch.setattr(conv_module, "_BACKEND_CHOICES", {})
-
-    def no_timing(fn):
-        raise AssertionError("timed a backend although no timing was expected")
-
-    monkeypatch.setattr(conv_module, "time_ms", no_timing)
+def autotune_on(monkeypatch):
     monkeypatch.delenv(AUTOTUNE_ENV, raising=False)
-
-
-def _aten_faster(monkeypatch):
-    timings = itertools.cycle([2.0, 1.0])  # triton is timed first, then aten
-    monkeypatch.setattr(conv_module, "time_ms", lambda fn: (fn(), next(timings))[1])
 
 
 # --- one resolver ---------------------------------------------------------------------------------
@@ -59,7 +60,7 @@ def test_every_op_refuses_triton_on_cpu_with_the_resolvers_message(monkeypatch):
         assert str(caught.value) == expected, name
     # the launchers' interpreter switch is the same function: no interpreter, so no fixed tile
     monkeypatch.setenv(AUTOTUNE_ENV, "1")
-    assert conv_kernels.fixed_config("fwd", "ieee") is None
+    assert forward_kernels.FORWARD.fixed_tile("ieee") is None
 
 
 def test_block_backend_keeps_auto_only_where_triton_runs():
@@ -76,7 +77,7 @@ def test_block_backend_keeps_auto_only_where_triton_runs():
 def test_autocast_leaves_float64_alone_like_torch():
     inputs = make_inputs(1, 2, 3, 4, 6, 6, (2, 2), True, torch.float64, "cpu")
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = conv3x3_relu(**_call(inputs), backend="torch")
+        out = conv3x3_relu(**call_args(inputs), backend="torch")
         eager = F.conv2d(inputs["x"][:, :, :, :], inputs["weight"][:, 2:])
     assert eager.dtype == torch.float64  # autocast's own rule
     assert out.dtype == torch.float64
@@ -95,15 +96,15 @@ def test_autocast_saves_the_parameter_not_a_cast_copy(triton_device):
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         with torch.autocast(triton_device, dtype=torch.float16):
-            y = conv3x3_relu(**_call(inputs), backend="triton")
+            y = conv3x3_relu(**call_args(inputs), backend="triton")
     assert y.dtype == torch.float16
     weight_shaped = [t for t in saved if t.shape == weight.shape]
     # the op saves the fp32 parameter itself (shared storage), no fp16 copy of it
     assert weight_shaped and all(t.dtype == torch.float32 and t.data_ptr() == weight.data_ptr() for t in weight_shaped)
-    grads = _grads((y,), inputs)
+    grads = grads_of((y,), inputs)
     assert grads["weight"].dtype == torch.float32 and grads["bias"].dtype == torch.float32
     half = {k: t.detach().half().requires_grad_() for k, t in inputs.items()}
-    ref = _grads((conv3x3_relu(**_call(half), backend="triton"),), half)
+    ref = grads_of((conv3x3_relu(**call_args(half), backend="triton"),), half)
     for name in grads:  # the same fp16 computation, the weight's gradient only rounded once more
         torch.testing.assert_close(grads[name], ref[name].float(), atol=1e-3, rtol=1e-3)
 
@@ -156,7 +157,7 @@ _TILE_SWEEP = [(torch.float16, False, 5e-3), (torch.bfloat16, False, 2e-2), (tor
                (torch.float32, False, 1e-5)]
 
 
-def _exact_conv_and_grads(inputs, y, grad_y, grad_pooled):
+def _exact_conv_andgrads_of(inputs, y, grad_y, grad_pooled):
     """Float64 outputs (y, pooled) of relu(conv(cat(crop(skip), x))) and its input gradients, with the
     ReLU mask and the pool's argmax taken from the fused op's own y: where rounding decides a mask or a
     window's maximum, the reference follows the op instead of failing it."""
@@ -175,32 +176,33 @@ def _exact_conv_and_grads(inputs, y, grad_y, grad_pooled):
 
 @pytest.mark.parametrize("dtype,tf32,tolerance", _TILE_SWEEP, ids=["fp16", "bf16", "tf32", "fp32"])
 @pytest.mark.parametrize("channels", [(32, 32, 64), (24, 40, 48)], ids=["aligned", "unaligned"])
-def test_every_autotune_tile_computes_the_conv_and_its_gradients(triton_device, dtype, tf32, tolerance, channels,
-                                                                 monkeypatch):
+def test_every_autotune_tile_computes_the_conv_and_its_gradients(triton_device, dtype, tf32, tolerance, channels):
     """GPU tests run with UNET_FAST_AUTOTUNE=0, i.e. the first tile of each list; the autotuner may
     pick any other. Each tile, forced in turn on forward, dgrad and wgrad, against float64 PyTorch: on
     a GPU that compiles each one; in the interpreter it checks each tile's edge masks."""
     if triton_device == "cpu" and dtype == torch.bfloat16:
         pytest.skip("the Triton interpreter computes bf16 wrongly")
     c0, c1, c_out = channels
-    klass = conv_kernels.operand_class(dtype, "tf32" if tf32 else "ieee")
-    gemm_tiles, wgrad_tiles = conv_kernels._GEMM_TILES[klass], conv_kernels._WGRAD_TILES[klass]
+    klass = tiles.operand_class(dtype, "tf32" if tf32 else "ieee")
+    gemm_tiles, wgrad_tiles = tiles.GEMM_TILES[klass], tiles.WGRAD_TILES[klass]
     inputs = {k: t.detach() for k, t in make_inputs(2, c0, c1, c_out, 14, 14, (4, 4), True, dtype, triton_device).items()}
     generator = torch.Generator().manual_seed(3)
     grad_y = torch.randn(2, c_out, 12, 12, generator=generator).to(dtype=dtype, device=triton_device)
     grad_pooled = torch.randn(2, c_out, 6, 6, generator=generator).to(dtype=dtype, device=triton_device)
     x, weight, bias, skip = inputs["x"], inputs["weight"], inputs["bias"], inputs["skip"]
+    precision = "tf32" if tf32 else "ieee"
     for gemm_tile, wgrad_tile in zip(gemm_tiles, wgrad_tiles):
-        def forced(name, klass_, gemm_tile=gemm_tile, wgrad_tile=wgrad_tile):
-            tile, names = (wgrad_tile, conv_kernels._WGRAD_NAMES) if name == "wgrad" else (gemm_tile, conv_kernels._GEMM_NAMES)
-            return {**dict(zip(names, tile[:3])), "num_warps": tile[3], "num_stages": tile[4]}
-
-        monkeypatch.setattr(conv_kernels, "fixed_config", forced)
-        # the launchers directly: the op asks for TF32 only on CUDA, and this runs in the interpreter too
-        y, pooled = conv_kernels.conv3x3_forward(x, weight, bias, skip, True, True, tf32)
-        grads = conv_kernels.conv3x3_backward(grad_y, grad_pooled, x, skip, weight, y, True, True, (True,) * 4, tf32)
+        with contextlib.ExitStack() as pins:
+            pins.enter_context(forward_kernels.FORWARD.pinned(gemm_tile))
+            pins.enter_context(backward_kernels.DGRAD.pinned(gemm_tile))
+            pins.enter_context(backward_kernels.WGRAD.pinned(wgrad_tile))
+            # the launchers directly: the op asks for TF32 only on CUDA, and this runs in the interpreter too
+            y, pooled = forward_kernels.conv3x3_relu_forward(x, weight, bias, skip, relu=True, pool=True,
+                                                             input_precision=precision)
+            grads = backward_kernels.conv3x3_relu_backward(grad_y, grad_pooled, x, skip, weight, y, relu=True,
+                                                           pool=True, input_precision=precision)
         grads = dict(zip(("x", "skip", "weight", "bias"), grads))
-        exact_out, exact_grads = _exact_conv_and_grads(inputs, y, grad_y, grad_pooled)
+        exact_out, exact_grads = _exact_conv_andgrads_of(inputs, y, grad_y, grad_pooled)
         for name, fused, exact in [("y", y, exact_out[0]), ("pooled", pooled, exact_out[1]),
                                    *((name, grads[name], exact_grads[name]) for name in exact_grads)]:
             atol = tolerance * exact.abs().max().item()
@@ -224,8 +226,8 @@ def test_every_autotune_tile_computes_the_conv_and_its_gradients(triton_device, 
 def test_index_range_guard_on_meta_tensors(x_shape, skip_shape, weight_shape, match):
     meta = lambda shape: None if shape is None else torch.empty(shape, device="meta")  # noqa: E731
     with pytest.raises(ValueError, match=match):
-        conv_kernels.check_index_range(meta(x_shape), meta(skip_shape), meta(weight_shape))
-    conv_kernels.check_index_range(meta((4, 64, 572, 572)), meta((4, 64, 580, 580)), meta((64, 128, 3, 3)))
+        tiles.check_index_range(meta(x_shape), meta(skip_shape), meta(weight_shape))
+    tiles.check_index_range(meta((4, 64, 572, 572)), meta((4, 64, 580, 580)), meta((64, 128, 3, 3)))
 
 
 def test_triton_backend_refuses_too_large_input_before_launch(triton_device):
@@ -244,31 +246,37 @@ def test_triton_backend_refuses_too_large_input_before_launch(triton_device):
 def test_autotune_opt_out_fixes_the_kernel_configuration(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     monkeypatch.setenv(AUTOTUNE_ENV, "0")
-    first_fwd = conv_kernels._GEMM_TILES["16bit"][0]
-    klass = conv_kernels.operand_class(torch.bfloat16, "ieee")
-    assert conv_kernels.fixed_config("fwd", klass) == {
-        "BLOCK_M": first_fwd[0], "BLOCK_N": first_fwd[1], "BLOCK_K": first_fwd[2],
-        "num_warps": first_fwd[3], "num_stages": first_fwd[4],
-    }
-    for precision in ("tf32", "ieee"):
-        first_wgrad = conv_kernels._WGRAD_TILES[precision][0]
-        klass = conv_kernels.operand_class(torch.float32, precision)
-        assert conv_kernels.fixed_config("wgrad", klass)["BLOCK_CI"] == first_wgrad[0]
+    klass = tiles.operand_class(torch.bfloat16, "ieee")
+    assert forward_kernels.FORWARD.fixed_tile(klass) == {
+        "BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3,
+    } == tiles.GEMM_TILES["16bit"][0]
+    for precision, first_block_ci in (("tf32", 64), ("ieee", 64)):
+        klass = tiles.operand_class(torch.float32, precision)
+        assert backward_kernels.WGRAD.fixed_tile(klass)["BLOCK_CI"] == first_block_ci
     monkeypatch.setenv(AUTOTUNE_ENV, "1")
-    assert conv_kernels.fixed_config("fwd", "16bit") is None  # autotuned
+    assert forward_kernels.FORWARD.fixed_tile("16bit") is None  # autotuned
 
 
-def test_autotune_opt_out_makes_auto_run_triton_without_timing(triton_device, fresh_choices, monkeypatch):
-    monkeypatch.setenv(AUTOTUNE_ENV, "0")
+@pytest.mark.parametrize("autotune", ["1", "0"])
+def test_auto_runs_the_measured_faster_implementation_or_triton_without_timing(triton_device, monkeypatch, autotune):
+    # backend="auto" on CUDA times Triton against cuDNN per shape; here a fake timer makes ATen (timed
+    # second) the faster, and the op must then run it, forward and backward, and record it; with
+    # UNET_FAST_AUTOTUNE=0 it runs Triton and times nothing
+    monkeypatch.setenv(AUTOTUNE_ENV, autotune)
     inputs = make_inputs(2, 2, 3, 4, 6, 6, (2, 2), True, torch.float32, triton_device)
     ops_args = (inputs["x"], inputs["weight"], inputs["bias"], inputs["skip"], True, False, True)  # tune=True
-    y, pooled = torch.ops.unet_fast.conv3x3_relu_pool(*ops_args)  # the fresh_choices timer would raise
-    grads = _grads((y, pooled), inputs)
+    with backend.fresh_choices(timer=aten_faster() if autotune == "1" else no_timing):
+        y, pooled = torch.ops.unet_fast.conv3x3_relu_pool(*ops_args)
+        grads = grads_of((y, pooled), inputs)
+        choices = backend.chosen_backends()
     ref_out, ref_grads = run(inputs, True, True, "torch")
     torch.testing.assert_close((y, pooled), ref_out, atol=1e-5, rtol=1e-5)
     for name in grads:
         torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-4, rtol=1e-4)
-    assert conv_module.chosen_backends() == {}
+    if autotune == "1":
+        assert sorted(key[0] for key in choices) == ["backward", "forward"] and set(choices.values()) == {"aten"}
+    else:
+        assert choices == {}
 
 
 # --- weight gradient: split reduction ----------------------------------------------------------------------
@@ -278,14 +286,14 @@ def test_weight_gradient_split_reduction_matches_autograd(triton_device, monkeyp
     # M = 2 * 24 * 24 = 1152 output pixels > 1024 splits the weight-gradient reduction in two; the
     # crop offset and both channel sources go through the split as well
     splits = []
-    wgrad_splits = conv_kernels._wgrad_splits
-    monkeypatch.setattr(conv_kernels, "_wgrad_splits", lambda *a: splits.append(wgrad_splits(*a)) or splits[-1])
+    wgrad_splits = backward_kernels._wgrad_splits
+    monkeypatch.setattr(backward_kernels, "_wgrad_splits", lambda *a: splits.append(wgrad_splits(*a)) or splits[-1])
     inputs = make_inputs(2, 3, 2, 5, 26, 26, (2, 2), True, torch.float32, triton_device)
     out, grads = run(inputs, True, True, "triton")
     assert splits and min(splits) > 1
     reference = {k: None if t is None else t.detach().clone().requires_grad_() for k, t in inputs.items()}
     ref_out = plain_reference(reference["x"], reference["weight"], reference["bias"], reference["skip"], True, True)
-    ref_grads = _grads(ref_out, reference)
+    ref_grads = grads_of(ref_out, reference)
     # fp32 sums over 1152 pixels of unit-scale products in another order: ~1e-5 relative
     for name in ("weight", "bias"):
         torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-4, rtol=1e-4)
@@ -314,7 +322,7 @@ def _encoder_block(backend, source, w1, b1, w2, b2):
     return y1, y2, pooled
 
 
-def test_block_auto_uses_the_ops_backend_choice(triton_device, fresh_choices, monkeypatch):
+def test_block_auto_uses_the_ops_backend_choice(triton_device, autotune_on):
     generator = torch.Generator().manual_seed(3)
     leaves = [
         torch.randn(shape, generator=generator).to(triton_device).requires_grad_()
@@ -322,12 +330,13 @@ def test_block_auto_uses_the_ops_backend_choice(triton_device, fresh_choices, mo
     ]
     ref = _encoder_block("torch", *leaves)
     ref_grads = torch.autograd.grad(sum(o.sum() for o in ref), leaves)
-    _encoder_block("triton", *leaves)  # "triton" never times (the fresh_choices timer would raise)
-    assert conv_module.chosen_backends() == {}
-    _aten_faster(monkeypatch)
-    out = _encoder_block("auto", *leaves)
-    grads = torch.autograd.grad(sum(o.sum() for o in out), leaves)
-    picks = conv_module.chosen_backends()
+    with backend.fresh_choices(timer=no_timing):
+        _encoder_block("triton", *leaves)  # "triton" never times
+        assert backend.chosen_backends() == {}
+    with backend.fresh_choices(timer=aten_faster()):
+        out = _encoder_block("auto", *leaves)
+        grads = torch.autograd.grad(sum(o.sum() for o in out), leaves)
+        picks = backend.chosen_backends()
     assert sorted(key[0] for key in picks) == ["backward", "backward", "forward", "forward"]
     assert set(picks.values()) == {"aten"}
     for o, r in zip(out, ref):

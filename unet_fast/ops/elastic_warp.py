@@ -6,7 +6,9 @@ from typing import Sequence
 import torch
 
 from unet_fast import _ext
-from unet_fast.ops._validation import FLOAT_DTYPES, check_same, check_tensor, is_channels_last
+from unet_fast.ops._layout import extension_memory_format
+from unet_fast.ops._numerics import FLOAT_DTYPES
+from unet_fast.ops._validation import check_same, check_tensor
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 PADDING_MODES = ("zeros", "border", "reflection")
@@ -187,7 +189,7 @@ def _refuse_gradients(**tensors) -> None:
 def _fake(image, displacement, label, weight, affine, intensity, interpolation, padding_mode, out_size, offset):
     n, channels = image.shape[:2]
     out_height, out_width = out_size
-    layout = torch.channels_last if is_channels_last(image) else torch.contiguous_format
+    layout = extension_memory_format(image)
     out = torch.empty((n, channels, out_height, out_width), dtype=image.dtype, device=image.device,
                       memory_format=layout)
     if label is not None:

@@ -1,0 +1,207 @@
+"""Launch tiles of the fused 3x3 conv kernels (``conv3x3_relu`` and ``conv3x3_relu_backward``), how
+one is picked (autotuned, the interpreter's, or the first with UNET_FAST_AUTOTUNE=0), the launch
+grid and the int32 index-range check, and the kernels' ahead-of-time registration.
+
+Tiles: one named list per operand class (``operand_class``), the first being the default; at most
+4 warps, since Triton convs are reported to miscompile at 8 (inductor caps its conv template at
+4). Each list holds the tiles that keep their registers (``unet_fast.tools.aot_check`` compiles
+them and reads the spills).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import triton
+
+from unet_fast.triton.aot import DEFAULT_SPILL_BUDGET, KernelConfig, kernel_signature, register
+from unet_fast.triton.runtime import (
+    INT32_MAX,
+    autotune_configs,
+    autotune_enabled,
+    check_pixels,
+    pixel_rows,
+    time_ms,
+    triton_interpreting,
+)
+
+
+def _tiles(names, *rows):
+    """Tile dicts from rows of (three block sizes in ``names``' order, num_warps, num_stages)."""
+    return [{**dict(zip(names, row[:3])), "num_warps": row[3], "num_stages": row[4]} for row in rows]
+
+
+GEMM_BLOCKS = ("BLOCK_M", "BLOCK_N", "BLOCK_K")  # forward and dgrad: pixels x channels x depth
+WGRAD_BLOCKS = ("BLOCK_CI", "BLOCK_CO", "BLOCK_M")  # wgrad: input channels x output channels x pixels
+GEMM_TILES = {
+    "16bit": _tiles(GEMM_BLOCKS, (128, 128, 64, 4, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (64, 64, 64, 4, 4),
+                    (128, 64, 16, 4, 4)),
+    # a 128x128 fp32-operand tile spills hundreds of bytes at 4 warps
+    "tf32": _tiles(GEMM_BLOCKS, (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 32, 4, 4), (128, 64, 16, 4, 4)),
+    # IEEE fp32 dots run on FMA units with both operands in registers: small tiles
+    "ieee": _tiles(GEMM_BLOCKS, (64, 64, 16, 4, 3), (64, 32, 32, 4, 3), (32, 64, 32, 4, 3)),
+}
+# a 32-row channel tile serves the 1-channel first layer
+WGRAD_TILES = {
+    "16bit": _tiles(WGRAD_BLOCKS, (128, 128, 64, 4, 3), (64, 128, 64, 4, 3), (128, 64, 64, 4, 3), (64, 64, 64, 4, 4),
+                    (32, 64, 64, 4, 3)),
+    "tf32": _tiles(WGRAD_BLOCKS, (64, 128, 32, 4, 3), (128, 64, 32, 4, 3), (64, 64, 32, 4, 4), (32, 64, 32, 4, 3)),
+    "ieee": _tiles(WGRAD_BLOCKS, (64, 64, 16, 4, 3), (64, 32, 32, 4, 3), (32, 64, 32, 4, 3)),
+}
+# (windows, channels) per program of the pool-gradient pass: 8 elements per thread, 128-byte rows
+POOL_GRAD_TILE = {"BLOCK_W": 16, "BLOCK_C": 64, "num_warps": 4, "num_stages": 1}
+# the interpreter runs one program at a time in numpy: few, moderately sized programs are fastest
+_INTERPRETER_TILES = {"gemm": {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 16},
+                      "wgrad": {"BLOCK_CI": 32, "BLOCK_CO": 32, "BLOCK_M": 64}}
+# 16-bit 128-row tiles hold a 128-row fp32 accumulator in 4 warps: the reshape of the pool epilogue
+# and sm_80's mma.sync fragments spill up to about 200 B per thread (to L1), which these tiles are
+# worth; every other configuration keeps to the default budget.
+_WIDE_TILE_SPILL_BUDGET = 256
+
+
+def operand_class(dtype: torch.dtype, input_precision: str) -> str:
+    """Which tile list serves a dot: "16bit" (fp16/bf16 operands), "tf32" or "ieee" (fp32 operands)."""
+    if dtype in (torch.float16, torch.bfloat16):
+        return "16bit"
+    return "tf32" if input_precision == "tf32" else "ieee"
+
+
+class TunedKernel:
+    """A GEMM kernel with its tile lists: ``launch`` runs it autotuned on a GPU (one autotuner per
+    operand class, keyed on ``key``), else with ``fixed_tile``."""
+
+    def __init__(self, kernel, tiles: dict, key: list[str], family: str):
+        self.kernel, self.tiles, self.family = kernel, tiles, family
+        self._pinned = None
+        self._tuned = {
+            klass: triton.autotune(configs=autotune_configs(tile_list), key=key, do_bench=time_ms)(kernel)
+            for klass, tile_list in tiles.items()
+        }
+
+    def fixed_tile(self, klass: str) -> dict | None:
+        """The tile when not autotuned: the interpreter's under TRITON_INTERPRET=1 (no timing there),
+        the class's first with UNET_FAST_AUTOTUNE=0; None means autotune."""
+        if self._pinned is not None:
+            return dict(self._pinned)
+        if triton_interpreting():
+            return dict(_INTERPRETER_TILES[self.family])
+        if autotune_enabled():
+            return None
+        return dict(self.tiles[klass][0])
+
+    @contextlib.contextmanager
+    def pinned(self, tile: dict):
+        """Every launch inside runs ``tile`` (one of ``tiles``' entries): the tile sweep's tests."""
+        self._pinned = tile
+        try:
+            yield
+        finally:
+            self._pinned = None
+
+    def launch(self, grid, *args, dtype: torch.dtype, INPUT_PRECISION: str, **constexprs) -> None:
+        klass = operand_class(dtype, INPUT_PRECISION)
+        tile = self.fixed_tile(klass)
+        if tile is None:
+            self._tuned[klass][grid](*args, INPUT_PRECISION=INPUT_PRECISION, **constexprs)
+        else:
+            self.kernel[grid(tile)](*args, INPUT_PRECISION=INPUT_PRECISION, **constexprs, **tile)
+
+
+def gemm_grid(rows: int, cols: int, block_m: int, block_n: int) -> tuple[int, int]:
+    """Launch grid of the forward/dgrad GEMM: row (pixel) tiles on axis 0, whose limit is 2**31 - 1
+    (axes 1 and 2 allow only 65,535 blocks), column (channel) tiles on axis 1."""
+    return triton.cdiv(rows, block_m), triton.cdiv(cols, block_n)
+
+
+def nhwc(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def nhw_strides(t: torch.Tensor) -> tuple[int, int, int]:
+    return t.stride(0), t.stride(2), t.stride(3)
+
+
+def check_index_range(x: torch.Tensor, skip: torch.Tensor | None, weight: torch.Tensor) -> None:
+    """ValueError unless the kernels' int32 indexing covers these tensors: at most 2**31 - 1 elements
+    per image in x, skip and y (and in the weight), at most ``MAX_PIXELS`` pixels in x. Reads shapes
+    only (works on meta tensors)."""
+    batch, _, height, width = x.shape
+    c_out = weight.shape[0]
+    per_image = {
+        "x": x[0].numel() if batch else 0,
+        "output": c_out * max(height - 2, 0) * max(width - 2, 0),
+        "weight": weight.numel(),
+    }
+    if skip is not None:
+        per_image["skip"] = skip[0].numel() if batch else 0
+    for name, count in per_image.items():
+        if count > INT32_MAX:
+            what = "elements" if name == "weight" else "elements per image"
+            raise ValueError(
+                f"{name} has {count} {what}; the Triton conv3x3 kernels index with int32 and take at most "
+                f"{INT32_MAX}: split the batch or the image into tiles, or use backend='torch'"
+            )
+    check_pixels(pixel_rows(x))
+
+
+def fits_index_range(x: torch.Tensor, skip: torch.Tensor | None, weight: torch.Tensor) -> bool:
+    """Whether ``check_index_range`` passes."""
+    try:
+        check_index_range(x, skip, weight)
+    except ValueError:
+        return False
+    return True
+
+
+# --- ahead-of-time check: every tile, for each operand precision -------------------------------------
+
+# precision -> (element type of every tensor, INPUT_PRECISION of the dots)
+_AOT_PRECISIONS = {"fp16": ("fp16", "ieee"), "bf16": ("bf16", "ieee"), "tf32": ("fp32", "tf32"), "fp32": ("fp32", "ieee")}
+_AOT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def _aligned_ints(signature: dict) -> tuple:
+    # every layer but the first has channel counts (and so NHWC strides) that are multiples of 16
+    return tuple(n for n, kind in signature.items() if kind == "i32" and n[0] in "sC")
+
+
+def register_gemm_configs(name: str, tuned: TunedKernel, flag_sets: tuple, fp32_pointers=()) -> None:
+    """Registers every tile of a GEMM kernel with the main flag set (the first) and the default tile
+    with each other flag set, for each operand precision."""
+    for precision, (element, input_precision) in _AOT_PRECISIONS.items():
+        klass = operand_class(_AOT_DTYPES[element], input_precision)
+        tiles = tuned.tiles[klass]
+        signature = kernel_signature(tuned.kernel, element, fp32_pointers)
+        aligned_ints = _aligned_ints(signature)
+        # the weight matrix's unit stride, which Triton's runtime compiles as a constant
+        unit_stride = {} if "swk" not in signature else {"swk": 1} if klass == "tf32" else {"swn": 1}
+        signature.update(dict.fromkeys(unit_stride, "constexpr"))
+        # sm_90's tf32 wgmma wants K-major operands; the weight gradient's are pixel-major
+        copy_width = None if klass == "tf32" and name == "conv3x3_wgrad" else 16
+        variants = [(tile, flag_sets[0]) for tile in tiles] + [(tiles[0], flags) for flags in flag_sets[1:]]
+        for tile, flags in variants:
+            blocks = {k: v for k, v in tile.items() if k.startswith("BLOCK")}
+            rows = next(iter(blocks.values()))  # the dot's M tile: pixels, or wgrad's input channels
+            constexprs = {**blocks, **flags, "INPUT_PRECISION": input_precision}
+            register(KernelConfig(
+                kernel=name, fn=tuned.kernel, signature=signature, constexprs={**constexprs, **unit_stride},
+                precision=precision, block_m=rows,
+                num_warps=tile["num_warps"], num_stages=tile["num_stages"],
+                aligned_ints=tuple(n for n in aligned_ints if n not in unit_stride),
+                spill_budget=_WIDE_TILE_SPILL_BUDGET if klass == "16bit" and rows >= 128 else DEFAULT_SPILL_BUDGET,
+                copy_width=copy_width,
+                label=" ".join(f"{k}={v}" for k, v in constexprs.items() if k != "INPUT_PRECISION")
+                + f" w={tile['num_warps']} s={tile['num_stages']}",
+            ))
+
+
+def register_pointwise_config(name: str, kernel, constexprs: dict, tile: dict) -> None:
+    """Registers a kernel without a dot (one entry per element type)."""
+    for precision in ("fp16", "bf16", "fp32"):
+        signature = kernel_signature(kernel, precision)
+        register(KernelConfig(
+            kernel=name, fn=kernel, signature=signature,
+            constexprs={**constexprs, **{k: v for k, v in tile.items() if k.startswith("BLOCK")}},
+            precision=precision, uses_dot=False, num_warps=tile["num_warps"], num_stages=tile["num_stages"],
+            aligned_ints=_aligned_ints(signature),
+        ))
