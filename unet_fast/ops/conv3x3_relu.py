@@ -112,7 +112,8 @@ def _validate(x, weight, bias, skip, relu, pool, backend, weight_cast=False) -> 
         raise ValueError(
             f"weight must have shape (C_out, {in_channels}, 3, 3) for {where} input channels, got {tuple(weight.shape)}"
         )
-    if weight.shape[0] < 1 or x.shape[0] < 1 or in_channels < 1:
+    # an empty batch is fine (empty outputs, zero weight gradients), as in PyTorch; no channels is not
+    if weight.shape[0] < 1 or in_channels < 1:
         raise ValueError(f"empty input: x {tuple(x.shape)}, weight {tuple(weight.shape)}")
     if bias is not None:
         check_tensor("bias", bias, dim=1, dtypes=dtypes)
