@@ -1,5 +1,5 @@
 // The schemas of the unet_fast library's C++ ops (center_crop_concat, elastic_warp,
-// border_distances), and the Python module's build information. Kernels register themselves per
+// border_distances, simple_point_warp), and the Python module's build information. Kernels register themselves per
 // backend in ops/cpu/<op>_kernel.cpp and ops/cuda/<op>_kernel.cu; each op's Python wrapper, fake
 // kernel and autograd are in unet_fast/ops/<op>.py. The Triton-backed ops (conv3x3_relu,
 // upconv2x2, conv1x1) and the model's block ops are defined in Python (torch.library.custom_op in
@@ -33,6 +33,12 @@ TORCH_LIBRARY(unet_fast, m) {
   // instance map (N, H, W) int32/int64, 0 = no instance: two float32 (N, H, W) tensors, +inf
   // beyond max_distance (or where fewer instances exist). CPU only; the border weight map's input.
   m.def("border_distances(Tensor instances, float max_distance) -> (Tensor, Tensor)");
+  // The warping step of the warping error (Jain et al. 2010): target and prediction (N, H, W) uint8
+  // cell maps (0 = boundary) -> (warped, classes), both (N, H, W) uint8: the target with every simple
+  // pixel that disagrees with the prediction flipped (cells 4-, boundary 8-connected), and per pixel
+  // 0 where they agree, else what flipping it would do: 1 split, 2 merge, 3 cell addition,
+  // 4 cell deletion, 5 hole addition, 6 hole deletion. CPU only.
+  m.def("simple_point_warp(Tensor target, Tensor prediction) -> (Tensor, Tensor)");
 }
 
 #ifdef TORCH_EXTENSION_NAME

@@ -13,22 +13,9 @@ import torch.nn.functional as F
 
 from unet_fast import shapes
 from unet_fast.inference import context_margin, mirror_pad, predict_tiled
-from unet_fast.reference import UNet
+from tests.inference_helpers import kaiming_unet
 
 ATOL = 1e-4
-
-
-def kaiming_unet(seed=0, **kwargs) -> UNet:
-    torch.manual_seed(seed)
-    config = dict(in_channels=1, num_classes=3, base_channels=4, depth=3)
-    config.update(kwargs)
-    model = UNet(**config)
-    for parameter in model.parameters():
-        if parameter.dim() > 1:
-            torch.nn.init.kaiming_normal_(parameter, nonlinearity="relu")
-        else:
-            torch.nn.init.normal_(parameter, std=0.1)
-    return model.eval()
 
 
 def numpy_reflect(image: torch.Tensor, before: int, after: int) -> torch.Tensor:

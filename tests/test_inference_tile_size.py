@@ -11,7 +11,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from unet_fast import inference, shapes
+from unet_fast import shapes
+from unet_fast.inference import tiling as inference  # where default_tile_size looks up the free memory
 from unet_fast.inference import default_tile_size, predict_tiled, tile_activation_bytes
 from unet_fast.reference import UNet
 

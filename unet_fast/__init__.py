@@ -9,6 +9,7 @@ from unet_fast.model import UNet
 # submodule's own name (``unet_fast.train`` is the module, ``unet_fast.train.train`` the function).
 _LAZY_ATTRIBUTES = {
     "predict_tiled": "unet_fast.inference",
+    "predict_large": "unet_fast.inference",
     "TrainConfig": "unet_fast.train",
     "load_model": "unet_fast.train",
     "weighted_cross_entropy": "unet_fast.losses",

@@ -16,16 +16,12 @@ import traceback
 from pathlib import Path
 
 import unet_fast
-from unet_fast.errors import UserError
+from unet_fast.errors import UsageError, UserError
+from unet_fast.predict_command import LARGE_IMAGE_PIXELS, run_predict
 
 PROG = "unet-fast"
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 # Import names of the packages of the optional "train" extra (pyproject.toml).
-TRAIN_EXTRA_MODULES = ("scipy", "PIL", "tifffile", "safetensors", "matplotlib", "tqdm")
-
-
-class UsageError(UserError):
-    """A mistake in the command line the user can fix; printed without a traceback, exit code 2."""
+TRAIN_EXTRA_MODULES = ("scipy", "PIL", "tifffile", "safetensors", "matplotlib", "tqdm", "skimage")
 
 
 def _add_device(parser: argparse.ArgumentParser) -> None:
@@ -96,23 +92,47 @@ def _train_parser(sub) -> None:
 def _predict_parser(sub) -> None:
     p = sub.add_parser("predict", help="segment images with a trained model (overlap-tile)",
                        description="Segment images by overlap-tile prediction. Writes <stem>.png with class "
-                       "ids as pixel values and, with --probs, <stem>_probs.tif (float32, one page per class).")
+                       "ids as pixel values and, with --probs, <stem>_probs.tif (float32, one page per class). "
+                       f"Images over {LARGE_IMAGE_PIXELS // 2**20} Mpixels, Zarr inputs and a .zarr --out are "
+                       "streamed tile by tile (bounded memory, resumable, several processes under torchrun) "
+                       "into <stem>.zarr (labels, float16 probs) or the given X.zarr, one group per input "
+                       "stem when several.")
     p.add_argument("--checkpoint", required=True, help="run directory of 'unet-fast train' or a checkpoint directory")
-    p.add_argument("--input", required=True, nargs="+", help="image files (PNG/TIFF) or directories of them")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--input", required=True, nargs="+",
+                   help="image files (PNG/TIFF, BigTIFF), Zarr / OME-Zarr stores, or directories of images")
+    p.add_argument("--out", required=True, help="output directory, or an X.zarr store")
     p.add_argument("--tta", action="store_true", help="average over flips and 90-degree rotations")
-    p.add_argument("--probs", action="store_true", help="also write class probabilities as <stem>_probs.tif")
+    p.add_argument("--probs", action="store_true", help="also write class probabilities")
     p.add_argument("--tile-size", type=int, default=None, help="largest tile edge (default: the largest valid size <= 572)")
-    p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
+    p.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass (default 4; 2 when streaming on CPU)")
+    p.add_argument("--amp", default=None, choices=("bf16", "fp16"), help="autocast dtype for streamed prediction")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted streamed prediction")
+    p.add_argument("--overwrite", action="store_true", help="replace existing streamed outputs")
+    p.add_argument("--layout", default=None, help="axes of the inputs, e.g. ZYX (a stack), CYX, YXC")
+    p.add_argument("--channel-axis", type=int, default=None, help="the channel axis of the inputs (0 or -1)")
+    _optional_bool(p, "progress", True, "show the progress bar of streamed prediction")
+    p.add_argument("--segments", action="store_true", help="also write segments (uint32 ids) as <stem>_segments.tif")
+    p.add_argument("--segments-method", default="cc", choices=("cc", "watershed"),
+                   help="connected components of the cell map, or a seeded watershed of the boundary map")
     _add_device(p)
 
 
 def _evaluate_parser(sub) -> None:
-    p = sub.add_parser("evaluate", help="compare predicted label PNGs with ground truth",
-                       description="Pixel error, foreground IoU / Dice and adapted Rand error of predicted "
-                       "label images against ground-truth label images matched by file stem.")
-    p.add_argument("--pred", required=True, help="directory of predicted label images (class ids)")
+    p = sub.add_parser("evaluate", help="score predicted class or probability maps against ground truth",
+                       description="Score predictions against ground-truth label images matched by file stem: "
+                       "the ISBI 2012 metrics (pixel, adapted Rand, information and warping errors), the "
+                       "variation of information, foreground IoU and Dice. Prints a per-image and mean table; "
+                       "with --probs, each metric at its best threshold of the foreground probability.")
+    p.add_argument("--pred", required=True, help="directory of predicted class maps (<stem>.png), or of "
+                   "<stem>_probs.tif with --probs (what 'unet-fast predict' writes)")
     p.add_argument("--labels", required=True, help="directory of ground-truth label images")
+    p.add_argument("--probs", action="store_true", help="score <stem>_probs.tif probability maps over thresholds")
+    p.add_argument("--metrics", default="all",
+                   help="comma-separated metrics among pixel, rand, info, warping, voi, iou, dice, or all")
+    p.add_argument("--thresholds", default=None, help="comma-separated thresholds with --probs (default 0.05 to 0.95 by 0.05)")
+    p.add_argument("--json", default=None, help="also write the results as JSON to this path")
+    p.add_argument("--csv", default=None, help="also write the per-image table as CSV to this path")
+    p.add_argument("--plot", default=None, help="with --probs, plot each metric against the threshold (PNG)")
     p.add_argument("--foreground", type=int, default=1, help="the class whose regions are the objects (cells)")
     p.add_argument("--num-classes", type=int, default=2, help="classes K: label values lie in [0, K)")
     _add_device(p)
@@ -198,108 +218,21 @@ def _run_train(args) -> int:
     return 0
 
 
-def _image_paths(inputs: list[str]) -> list[Path]:
-    paths = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise UsageError(f"--input directory {path} contains no PNG or TIFF images")
-            paths.extend(found)
-        elif path.is_file():
-            paths.append(path)
-        else:
-            raise UsageError(f"--input {path} does not exist")
-    stems = [p.stem for p in paths]
-    duplicates = sorted({s for s in stems if stems.count(s) > 1})
-    if duplicates:
-        raise UsageError(f"--input has several images with the stem(s) {', '.join(duplicates)}: outputs would overwrite each other")
-    return paths
-
-
-def _write_labels(path: Path, labels) -> None:
-    """(H, W) class ids as an 8-bit PNG (16-bit for more than 256 classes)."""
-    import numpy as np
-    from PIL import Image
-
-    array = labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16)
-    Image.fromarray(array).save(path)
-
-
-def _write_probabilities(path: Path, probs) -> None:
-    """(K, H, W) float32 probabilities as a K-page TIFF."""
-    try:
-        import tifffile
-    except ImportError:
-        raise UsageError("--probs needs the 'tifffile' package: pip install tifffile") from None
-    tifffile.imwrite(path, probs)
-
-
-def _run_predict(args) -> int:
-    import torch
-
-    from unet_fast.data import read_image
-    from unet_fast.inference import predict_tiled
-    from unet_fast.train import load_model, resolve_device
-
-    device = resolve_device(args.device)
-    paths = _image_paths(args.input)
-    model = load_model(args.checkpoint, device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for path in paths:
-        pages = read_image(path)  # (C, H, W) float32 in [0, 1] per page
-        for page, array in enumerate(pages):
-            stem = path.stem if len(pages) == 1 else f"{path.stem}_{page:03d}"
-            image = torch.from_numpy(array)
-            if image.shape[0] != model.in_channels:
-                raise UsageError(f"{path} has {image.shape[0]} channel(s) but the model was trained on {model.in_channels}")
-            probs, labels = predict_tiled(model, image.to(device), tile_size=args.tile_size,
-                                          batch_size=args.batch_size, tta=args.tta)
-            _write_labels(out / f"{stem}.png", labels.cpu().numpy())
-            if args.probs:
-                _write_probabilities(out / f"{stem}_probs.tif", probs.cpu().numpy())
-            print(f"{path} -> {out / (stem + '.png')}")
-    return 0
-
-
 def _run_evaluate(args) -> int:
-    import torch
+    from unet_fast import evaluate
 
-    from unet_fast.data import read_label
-    from unet_fast.metrics import segmentation_metrics
-
-    if args.num_classes < 2:
-        raise UsageError(f"--num-classes must be >= 2, got {args.num_classes}")
-    if not 0 <= args.foreground < args.num_classes:
-        raise UsageError(f"--foreground must be a class id in [0, {args.num_classes}) (--num-classes "
-                         f"{args.num_classes}), got {args.foreground}")
-    pred_dir, label_dir = Path(args.pred), Path(args.labels)
-    for name, directory in (("--pred", pred_dir), ("--labels", label_dir)):
-        if not directory.is_dir():
-            raise UsageError(f"{name} {directory} is not a directory")
-    preds = {p.stem: p for p in pred_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.stem.endswith("_probs")}
-    truths = {p.stem: p for p in label_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-    common = sorted(preds.keys() & truths.keys())
-    if not common:
-        raise UsageError(f"no file stems in common between --pred {pred_dir} and --labels {label_dir}")
-    missing = sorted(truths.keys() - preds.keys())
-    if missing:
-        print(f"warning: no prediction for {len(missing)} label image(s), e.g. {missing[0]}", file=sys.stderr)
-    totals: dict[str, float] = {}
-    columns = ("pixel_error", "foreground_iou", "foreground_dice", "rand_error")
-    print(f"{'image':24s}" + "".join(f" {name:>15s}" for name in columns))
-    for stem in common:
-        pred = torch.from_numpy(read_label(preds[stem], args.num_classes)[0])
-        truth = torch.from_numpy(read_label(truths[stem], args.num_classes)[0])
-        if pred.shape != truth.shape:
-            raise UsageError(f"{preds[stem]} is {tuple(pred.shape)} but {truths[stem]} is {tuple(truth.shape)}")
-        scores = segmentation_metrics(pred, truth, foreground=args.foreground)
-        for key, value in scores.items():
-            totals[key] = totals.get(key, 0.0) + value / len(common)
-        print(f"{stem:24s}" + "".join(f" {scores[name]:15.4f}" for name in columns))
-    print(f"{'mean':24s}" + "".join(f" {totals[name]:15.4f}" for name in columns))
+    metrics = evaluate.parse_metrics(args.metrics)
+    if not args.probs and (args.thresholds or args.plot):
+        raise UsageError("--thresholds and --plot need --probs (probability maps to threshold)")
+    thresholds = evaluate.parse_thresholds(args.thresholds) if args.thresholds else evaluate.DEFAULT_THRESHOLDS
+    result = evaluate.evaluate_directories(args.pred, args.labels, metrics, probs=args.probs, thresholds=thresholds,
+                                           num_classes=args.num_classes, foreground=args.foreground)
+    print(evaluate.format_table(result))
+    for path, write in ((args.json, evaluate.write_json), (args.csv, evaluate.write_csv),
+                        (args.plot, evaluate.plot_thresholds)):
+        if path:
+            write(result, path)
+            print(f"wrote {path}")
     return 0
 
 
@@ -319,7 +252,7 @@ def _run_bench(argv: list[str]) -> int:
     return bench_main(argv)
 
 
-COMMANDS = {"train": _run_train, "predict": _run_predict, "evaluate": _run_evaluate, "demo": _run_demo}
+COMMANDS = {"train": _run_train, "predict": run_predict, "evaluate": _run_evaluate, "demo": _run_demo}
 
 
 def _raised_by_a_check(error: BaseException) -> bool:

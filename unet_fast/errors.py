@@ -11,6 +11,10 @@ class UserError(ValueError):
     """An input the user can fix (a file, a path, an option value); the message names it."""
 
 
+class UsageError(UserError):
+    """A mistake in the command line the user can fix; printed without a traceback, exit code 2."""
+
+
 class CheckpointError(UserError):
     """A checkpoint that is missing, damaged, refused (not safetensors/JSON) or of another model."""
 
@@ -21,3 +25,15 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
 
 class DataError(UserError):
     """A training or label image that cannot be used: unreadable, empty, mismatched, bad label values."""
+
+
+class PathExistsError(UserError, FileExistsError):
+    """An output that already exists and may not be replaced (also a ``FileExistsError``)."""
+
+
+class PathNotFoundError(UserError, FileNotFoundError):
+    """An input path that does not exist (also a ``FileNotFoundError``)."""
+
+
+class OutputWriteError(OSError, UserError):
+    """An output that could not be written (a full disk, no permission); the message says how to go on."""

@@ -1,6 +1,6 @@
 """Training data: the embedded synthetic EM data set, image folders / TIFF stacks, tile sampling."""
 from unet_fast.data.folder import ImageFolderDataset, read_image, read_label, read_pages
-from unet_fast.data.synthetic import SyntheticEMDataset, make_synthetic_em, synthetic_em_sample
+from unet_fast.data.synthetic import SyntheticEMDataset, make_synthetic_em, synthetic_em_sample, write_synthetic_mosaic
 from unet_fast.data.tiles import Tile, TileSampler, fit_tile_size
 
 __all__ = [
@@ -14,4 +14,5 @@ __all__ = [
     "read_label",
     "read_pages",
     "synthetic_em_sample",
+    "write_synthetic_mosaic",
 ]

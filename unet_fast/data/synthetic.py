@@ -173,3 +173,64 @@ class SyntheticEMDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.images[index], self.labels[index]
+
+
+def _mosaic_tiles(height: int, width: int, tile: int, seed: int, distinct: int, cell_size: float):
+    """(top, left, image uint8, labels uint8) tiles of the mosaic, row by row; each tile one of
+    ``distinct`` samples under one of the 8 flips/rotations, both drawn from ``(seed, row, column)``."""
+    samples: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for top in range(0, height, tile):
+        for left in range(0, width, tile):
+            rng = np.random.default_rng([seed, top // tile, left // tile])
+            index, turns, flip = int(rng.integers(distinct)), int(rng.integers(4)), bool(rng.integers(2))
+            if index not in samples:
+                image, labels, _ = synthetic_em_sample(tile, seed, index, cell_size)
+                samples[index] = (np.round(image * 255).astype(np.uint8), labels.astype(np.uint8))
+            image, labels = (np.rot90(a[:, ::-1] if flip else a, turns) for a in samples[index])
+            h, w = min(tile, height - top), min(tile, width - left)
+            yield top, left, np.ascontiguousarray(image[:h, :w]), np.ascontiguousarray(labels[:h, :w])
+
+
+def write_synthetic_mosaic(path, height: int, width: int, *, seed: int = 0, tile: int = 512, distinct: int = 8,
+                           cell_size: float = 48.0, labels_path=None) -> None:
+    """Write a large synthetic EM image (uint8, 0-255) tile by tile, never whole in memory.
+
+    The mosaic is a grid of ``tile`` x ``tile`` synthetic images (:func:`synthetic_em_sample`), each
+    one of ``distinct`` samples of the data set ``seed`` flipped/rotated at random, deterministic by
+    ``seed``. ``path``: a ``.tif``/``.tiff`` (tiled BigTIFF, uncompressed) or ``.zarr`` (an array at
+    the store's root, chunked by tile). ``labels_path``: also write the labels (1 = cell) alike.
+    """
+    height = _check_positive_int("height", height)
+    width = _check_positive_int("width", width)
+    tile = _check_positive_int("tile", tile, minimum=16)
+    distinct = _check_positive_int("distinct", distinct)
+    if tile % 16:
+        raise ValueError(f"tile must be a multiple of 16 (TIFF tiles are), got {tile}")
+    for target, part in ((path, 2), (labels_path, 3)):
+        if target is None:
+            continue
+        tiles = _mosaic_tiles(height, width, tile, int(seed), distinct, float(cell_size))
+        suffix = str(target).lower().rsplit(".", 1)[-1]
+        if suffix in ("tif", "tiff"):
+            import tifffile
+
+            def padded(tiles):
+                for values in tiles:
+                    full = np.zeros((tile, tile), np.uint8)
+                    full[: values[part].shape[0], : values[part].shape[1]] = values[part]
+                    yield full
+
+            tifffile.imwrite(target, data=padded(tiles), shape=(height, width), dtype=np.uint8,
+                             tile=(tile, tile), bigtiff=True)
+        elif suffix == "zarr":
+            try:
+                import zarr
+            except ImportError as error:
+                raise ImportError("writing Zarr needs zarr 3: pip install 'unet-fast[io]'") from error
+            array = zarr.create_array(str(target), shape=(height, width), chunks=(tile, tile), dtype=np.uint8,
+                                      overwrite=True)
+            for values in tiles:
+                top, left, data = values[0], values[1], values[part]
+                array[top : top + data.shape[0], left : left + data.shape[1]] = data
+        else:
+            raise ValueError(f"{target}: the mosaic is written as .tif/.tiff or .zarr")

@@ -1,4 +1,4 @@
-"""Overlap-tile prediction with mirrored borders (the paper's Fig. 2 strategy).
+"""In-memory overlap-tile prediction with mirrored borders (the paper's Fig. 2 strategy).
 
 An image of any size is mirror-padded by the network's context margin, cut into tiles of a valid
 input size whose origins in the padded image are multiples of 2**(depth-1), run through the model
