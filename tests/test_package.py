@@ -21,7 +21,7 @@ def test_every_exported_name_resolves_to_its_module_attribute():
     from unet_fast import inference, train
 
     home = {"__version__": "unet_fast._version", "build_info": "unet_fast._ext", "UNet": "unet_fast.model",
-            "predict_tiled": "unet_fast.inference", "TrainConfig": "unet_fast.train", "load_model": "unet_fast.train",
+            "predict_tiled": "unet_fast.inference", "predict_large": "unet_fast.inference", "TrainConfig": "unet_fast.train", "load_model": "unet_fast.train",
             "weighted_cross_entropy": "unet_fast.losses", "dice_loss": "unet_fast.losses",
             "segmentation_metrics": "unet_fast.metrics", "ElasticAugment": "unet_fast.augment",
             "SyntheticEMDataset": "unet_fast.data", "ImageFolderDataset": "unet_fast.data"}

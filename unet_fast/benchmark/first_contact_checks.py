@@ -4,8 +4,9 @@ and compute-sanitizer memcheck on the CUDA C++ ops' tests.
 
 Rule of the numerics: an op's relative error ||ours - ref|| / ||ref|| against float64 (computed
 from the same rounded inputs) is at most twice PyTorch's own error in the same dtype, plus a floor
-of fp32's unit roundoff (2**-24; the kernels accumulate in fp32) where PyTorch happens to be almost
-exact (small fp32 reductions). Outputs are
+of 8 units of fp32 roundoff (8 * 2**-24; the kernels accumulate in fp32) where PyTorch happens to be
+almost exact: a bias gradient summed over a few hundred pixels can come out of PyTorch within one
+rounding, and the kernels' blocked order of the same sum within a few (about log2 of the terms). Outputs are
 poisoned (the caching allocator's free memory filled with NaN) before each launch on CUDA, so an
 element the kernel never wrote is NaN and fails; NaN never passes.
 """
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 
 KERNEL_DTYPES = ("bf16", "fp16", "tf32", "fp32")
 _TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "tf32": torch.float32, "fp32": torch.float32}
-FP32_ROUNDOFF = 2.0**-24
+FP32_FLOOR = 8 * 2.0**-24
 PAPER = {"in_channels": 1, "num_classes": 2, "base_channels": 64, "depth": 5}
 DRY_RUN = {"in_channels": 1, "num_classes": 2, "base_channels": 4, "depth": 2}
 PAPER_SIZE, DRY_RUN_SIZE = 572, 20
@@ -74,8 +75,8 @@ def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def verdict(ours: float, torch_own: float) -> tuple[bool, float]:
-    """(passes, the limit): at most twice PyTorch's error, and never less than twice fp32's roundoff."""
-    limit = 2.0 * max(torch_own, FP32_ROUNDOFF)
+    """(passes, the limit): at most twice PyTorch's error, which counts as at least ``FP32_FLOOR``."""
+    limit = 2.0 * max(torch_own, FP32_FLOOR)
     return ours <= limit, limit
 
 
