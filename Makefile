@@ -26,7 +26,7 @@ OLDEST_DEPS_STAMP := $(OLDEST_VENV)/.deps-installed
 OLDEST_STAMP := $(OLDEST_TREE)/.unet-fast-installed
 CSRC := $(shell find csrc -type f)
 
-.PHONY: install test pytest demo bench aot-check cmake-check compat-check clean
+.PHONY: install test pytest demo bench aot-check cmake-check compat-check wheel wheel-gpu-server sdist clean
 
 $(DEPS_STAMP): requirements/dev.txt $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -62,14 +62,15 @@ aot-check: install
 # UNET_FAST_SKIP_HEAVY skips the heaviest (the 10k-pixel memory bound), which the main run covers.
 compat-check: $(OLDEST_STAMP)
 	$(SYNC_OLDEST_TREE)
-	cd $(OLDEST_TREE) && UNET_FAST_SKIP_HEAVY=1 $(CURDIR)/$(OLDEST_VENV)/bin/python -m pytest -q -p no:cacheprovider tests
+	cd $(OLDEST_TREE) && UNET_FAST_SKIP_HEAVY=1 $(CURDIR)/$(OLDEST_VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not wheel" tests
 	cd $(OLDEST_TREE) && $(CURDIR)/$(OLDEST_VENV)/bin/python -m unet_fast.tools.aot_check --arch 80 --arch 90 --one-per-kernel
 
-# The copy's sources are replaced (so files deleted here go there too) and its build outputs kept: tar
-# restores the sources' times, so rebuilds stay incremental.
+# The copy's sources are replaced (so files deleted here go there too) and its build outputs kept (_C
+# and the _build_info.py written with it): tar restores the sources' times, so rebuilds stay incremental.
 OLDEST_SOURCES := csrc unet_fast tests benchmarks requirements setup.py pyproject.toml CMakeLists.txt README.md
 SYNC_OLDEST_TREE = mkdir -p $(OLDEST_TREE) && (cd $(OLDEST_TREE) && find $(OLDEST_SOURCES) -type f -not -name '*.so' \
-	-delete 2>/dev/null; true) && tar -c --exclude='*.so' --exclude=__pycache__ $(OLDEST_SOURCES) | tar -x -C $(OLDEST_TREE)
+	-not -path unet_fast/_build_info.py -delete 2>/dev/null; true) && tar -c --exclude='*.so' --exclude=__pycache__ \
+	--exclude=unet_fast/_build_info.py $(OLDEST_SOURCES) | tar -x -C $(OLDEST_TREE)
 
 $(OLDEST_DEPS_STAMP): requirements/dev.txt $(CONSTRAINTS) $(OLDEST_CONSTRAINTS)
 	test -x $(OLDEST_VENV)/bin/python || $(PYTHON) -m venv $(OLDEST_VENV)
@@ -90,5 +91,40 @@ cmake-check: $(DEPS_STAMP)
 	  $(if $(wildcard $(CUDA_ROOT)),-DCUDA_TOOLKIT_ROOT_DIR=$(CUDA_ROOT))
 	$(VENV)/bin/cmake --build cmake-build -j $(MAX_JOBS)
 
+# Wheels (README "Wheels"): _C for CPU and CUDA (TORCH_CUDA_ARCH_LIST, default 8.0;9.0+PTX) against
+# the torch of the environment, versioned e.g. 0.1.0+cu130torch2.14, into dist/. pip wheel builds
+# in build/ and installs nothing, so the editable install stays as it is.
+WHEEL_ENV := UNET_FAST_FORCE_CUDA=1 UNET_FAST_NO_CUDA=0
+wheel: $(DEPS_STAMP)
+	@test -n "$(NVCC)" || { echo "make wheel compiles the CUDA kernels: nvcc not found (CUDA_ROOT=$(CUDA_ROOT))"; exit 1; }
+	$(WHEEL_ENV) $(PIP) wheel --no-build-isolation --no-deps -w dist .
+
+# The wheel for the GPU servers (CPython 3.12, torch 2.11.0+cu130), built in its own environment
+# from pyenv's newest 3.12; downloads torch once, not part of `make test`.
+GPU_SERVER_PYTHON_VERSION := 3.12
+GPU_SERVER_TORCH := 2.11.0
+GPU_SERVER_CUDA := 13.0
+GPU_SERVER_VENV := build/venv-gpu-server
+GPU_SERVER_STAMP := $(GPU_SERVER_VENV)/.deps-installed
+PYENV_PYTHON = $(lastword $(sort $(wildcard $(shell pyenv root 2>/dev/null)/versions/$(GPU_SERVER_PYTHON_VERSION).*/bin/python$(GPU_SERVER_PYTHON_VERSION))))
+
+$(GPU_SERVER_STAMP): $(OLDEST_CONSTRAINTS) $(CONSTRAINTS)
+	@test -n "$(PYENV_PYTHON)" || { echo "no CPython $(GPU_SERVER_PYTHON_VERSION) under \$$(pyenv root)/versions: pyenv install $(GPU_SERVER_PYTHON_VERSION)"; exit 1; }
+	test -x $(GPU_SERVER_VENV)/bin/python || $(PYENV_PYTHON) -m venv $(GPU_SERVER_VENV)
+	$(GPU_SERVER_VENV)/bin/python -m pip install -c $(OLDEST_CONSTRAINTS) torch==$(GPU_SERVER_TORCH) setuptools numpy \
+	  $$(grep -E '^(wheel|ninja|pybind11)==' $(CONSTRAINTS))
+	$(GPU_SERVER_VENV)/bin/python -c "import sys, torch; v = torch.version.cuda; \
+	  sys.exit(None if v == '$(GPU_SERVER_CUDA)' else f'torch {torch.__version__} is built for CUDA {v}, not $(GPU_SERVER_CUDA)')"
+	touch $@
+
+wheel-gpu-server: $(GPU_SERVER_STAMP)
+	@test -n "$(NVCC)" || { echo "make wheel-gpu-server compiles the CUDA kernels: nvcc not found (CUDA_ROOT=$(CUDA_ROOT))"; exit 1; }
+	$(WHEEL_ENV) $(GPU_SERVER_VENV)/bin/python -m pip wheel --no-build-isolation --no-deps -w dist .
+
+# The source distribution (plain version, csrc/ and CMakeLists.txt included), through setuptools'
+# own PEP 517 hook; it builds a wheel with `pip wheel --no-build-isolation --no-deps dist/<sdist>`.
+sdist: $(DEPS_STAMP)
+	$(PY) -c "import setuptools.build_meta as backend; print('dist/' + backend.build_sdist('dist'))"
+
 clean:
-	rm -rf build cmake-build unet_fast/_C*.so *.egg-info $(INSTALL_STAMP)
+	rm -rf build cmake-build dist unet_fast/_C*.so unet_fast/_build_info.py *.egg-info $(INSTALL_STAMP)

@@ -16,8 +16,9 @@ def test_build_info_describes_this_build():
     if info["cuda_kernels"]:
         assert info["cuda_version"] == torch.version.cuda
         assert info["cuda_archs"] and all(arch.replace(".", "").isdigit() for arch in info["cuda_archs"])
+        assert set(info["cuda_ptx"]) <= set(info["cuda_archs"])
     else:
-        assert info["cuda_version"] is None and info["cuda_archs"] == []
+        assert info["cuda_version"] is None and info["cuda_archs"] == [] and info["cuda_ptx"] == []
     assert isinstance(info["triton"], bool)
     assert (info["triton_version"] is not None) == info["triton"]
 
@@ -57,6 +58,42 @@ def test_extension_built_for_another_torch_is_refused(monkeypatch):
         _ext.require_extension()
 
 
+def test_torch_minor_is_the_abi_part_of_the_version():
+    assert _ext.torch_minor("2.14.1+cu130") == "2.14"
+    assert _ext.torch_minor("2.11.0") == "2.11"
+    assert _ext.torch_minor("2.10.0a0+git1234") == "2.10"
+
+
+def test_recorded_build_for_another_torch_minor_is_refused_before_loading_the_extension(monkeypatch):
+    class RecordedOtherTorch:  # what setup.py writes to unet_fast/_build_info.py
+        TORCH_VERSION, CUDA_VERSION, CUDA_ARCHS = "2.0.1+cu118", "11.8", "8.0;9.0+PTX"
+
+    class MustNotLoad:
+        def __getattr__(self, name):
+            raise AssertionError("unet_fast._C was loaded despite its recorded torch")
+
+    monkeypatch.setitem(sys.modules, "unet_fast._build_info", RecordedOtherTorch)
+    monkeypatch.setattr(unet_fast, "_build_info", RecordedOtherTorch, raising=False)
+    monkeypatch.setitem(sys.modules, "unet_fast._C", MustNotLoad())
+    monkeypatch.setattr(unet_fast, "_C", MustNotLoad(), raising=False)
+    extension, error = _ext._load_extension()
+    assert extension is None
+    assert f"built against torch 2.0.1+cu118, but torch {torch.__version__} is running" in error
+    monkeypatch.setattr(_ext, "_C", None)
+    monkeypatch.setattr(_ext, "_LOAD_ERROR", error)
+    info = _ext.build_info()  # reports the recorded build though the extension is refused
+    assert info["extension"] is False and info["cuda_kernels"] is False
+    assert info["torch_version"] == "2.0.1+cu118" and info["cuda_version"] == "11.8"
+    assert info["cuda_archs"] == ["8.0", "9.0"] and info["cuda_ptx"] == ["9.0"]
+
+
+def test_another_patch_release_of_the_same_torch_minor_is_accepted():
+    running = str(torch.__version__)
+    patch = running.split("+")[0].split(".")[:2] + ["99"]
+    assert _ext._refusal(".".join(patch), running) is None
+    assert _ext._refusal("1.0.0", running) is not None
+
+
 def test_cuda_kernels_are_built_for_every_arch_and_keep_to_their_registers():
     """cuobjdump -res-usage on the extension: each CUDA kernel has code for every architecture of
     the build, none spills registers to the stack except the fp64 instantiations (not a speed path;
@@ -88,3 +125,7 @@ def test_cuda_kernels_are_built_for_every_arch_and_keep_to_their_registers():
     assert {"crop_concat", "warp"} <= {("crop_concat" if "crop_concat" in k else "warp") for k in kernels}
     for name in kernels:
         assert archs_of[name] == wanted, (name, archs_of[name], wanted)
+    # The architectures built "+PTX" carry PTX too, for GPUs newer than every listed one.
+    ptx_listing = subprocess.run([tool, "-lptx", _C.__file__], capture_output=True, text=True, check=True).stdout
+    for arch in info["cuda_ptx"]:
+        assert f"sm_{arch.replace('.', '')}" in ptx_listing, ptx_listing

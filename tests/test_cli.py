@@ -82,7 +82,7 @@ def test_paper_does_not_override_typed_options(tmp_path, capsys, monkeypatch):
     import unet_fast.train as train_module
 
     seen = {}
-    monkeypatch.setattr(train_module, "train", lambda config: seen.setdefault("config", config) and {"run_dir": "x"})
+    monkeypatch.setattr(train_module, "train", lambda config, started=None: seen.setdefault("config", config) and {"run_dir": "x"})
     assert main(["train", "--paper", "--out", str(tmp_path / "a"), "--steps", "7", "--device", "cpu"]) == 0
     assert seen["config"].depth == 5 and seen["config"].tile_size == 572 and seen["config"].steps == 7
     paper = seen.pop("config")
@@ -138,7 +138,7 @@ def test_checkpoint_interval_and_val_images_are_checked(tmp_path, capsys):
 def test_missing_optional_package_is_one_line(tmp_path, capsys, monkeypatch):
     import unet_fast.train as train_module
 
-    def missing_scipy(config):
+    def missing_scipy(config, started=None):
         import scipy_that_is_not_installed  # noqa: F401
 
     monkeypatch.setitem(__import__("sys").modules, "scipy_that_is_not_installed", None)
@@ -150,3 +150,18 @@ def test_missing_optional_package_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("unet_fast.cli.TRAIN_EXTRA_MODULES", ())
     with pytest.raises(ModuleNotFoundError):  # other missing modules are bugs: keep the traceback
         main(["train", "--out", str(tmp_path / "b"), "--device", "cpu"])
+
+
+@pytest.mark.parametrize("value", ["15", "0s", "ten minutes", "-1m"])
+def test_bad_time_budget_is_a_usage_error(value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--time-budget", value, "--device", "cpu"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--time-budget" in err and "Traceback" not in err
+
+
+def test_steps_and_time_budget_are_exclusive(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--out", str(tmp_path / "a"), "--steps", "5", "--time-budget", "1m", "--device", "cpu"])
+    assert exit_info.value.code == 2 and "not both" in capsys.readouterr().err

@@ -156,16 +156,16 @@ def test_bugs_keep_their_traceback(tmp_path, monkeypatch):
     file name is a bug and propagates."""
     import unet_fast.train as train_module
 
-    def broken_train(config):
+    def broken_train(config, started=None):
         return torch.zeros(2) @ torch.zeros(3)  # a RuntimeError from torch
 
     monkeypatch.setattr(train_module, "train", broken_train)
     with pytest.raises(RuntimeError):
         main(["train", "--out", str(tmp_path / "a"), "--device", "cpu"])
-    monkeypatch.setattr(train_module, "train", lambda config: int("not a number"))
+    monkeypatch.setattr(train_module, "train", lambda config, started=None: int("not a number"))
     with pytest.raises(ValueError, match="invalid literal"):
         main(["train", "--out", str(tmp_path / "b"), "--device", "cpu"])
-    monkeypatch.setattr(train_module, "train", lambda config: np.reshape(np.zeros(3), (2, 2)))
+    monkeypatch.setattr(train_module, "train", lambda config, started=None: np.reshape(np.zeros(3), (2, 2)))
     with pytest.raises(ValueError, match="reshape"):
         main(["train", "--out", str(tmp_path / "c"), "--device", "cpu"])
     assert user_error_message(OSError(28, "No space left on device")) is None

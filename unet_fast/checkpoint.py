@@ -7,6 +7,8 @@ Layout under a run directory::
     checkpoints/step_00000400/state.json              config, step, RNG states, optimizer
                                                       hyper-parameters, grad-scaler state, extras
     checkpoints/latest                                name of the newest complete checkpoint
+    best/checkpoints/step_00000300/...                the best by validation, saved by the trainer
+                                                      through save_checkpoint(run_dir / BEST, keep=1)
 
 A checkpoint is written into a temporary directory and renamed into place, then ``latest`` is
 replaced atomically; directories leave by being renamed aside first. Every ``step_*`` directory is
@@ -41,6 +43,7 @@ except ImportError:  # pragma: no cover - exercised only without the dependency
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
+BEST = "best"
 STATE = "state.json"
 MODEL = "model.safetensors"
 OPTIMIZER = "optimizer.safetensors"

@@ -34,6 +34,22 @@ def _optional_bool(parser, name: str, default: bool, help: str) -> None:
                         default=default, help=help)
 
 
+_BUDGET_RULE = ("after 5 probe steps (run, then undone; the first untimed) and a timed validation, "
+                "save and loss plot, N is the largest step count with N * (step + validation / val-interval "
+                "+ save / checkpoint-interval) + validation + save + plot <= the time left less 5%% of the budget; the "
+                "schedule's decay ends at N, the warm-up is --warmup-fraction of N; if the run slows "
+                "down it stops early, in time for the final validation and save")
+
+
+def _duration(text: str) -> float:
+    from unet_fast.train import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _train_parser(sub) -> None:
     from unet_fast.train import DEFAULT_LR, TrainConfig
 
@@ -50,7 +66,11 @@ def _train_parser(sub) -> None:
     p.add_argument("--data", default=d.data, help="'synthetic' or a directory with images/ and labels/ matched by file stem")
     p.add_argument("--num-classes", type=int, default=d.num_classes, help="classes K: label values lie in [0, K)")
     p.add_argument("--out", default=d.out, help="run directory (config, metrics, loss plot, checkpoints)")
-    p.add_argument("--steps", type=int, default=d.steps, help="training steps (batches)")
+    p.add_argument("--steps", type=int, default=d.steps, help="training steps (batches); see --time-budget")
+    p.add_argument("--time-budget", type=_duration, default=None, metavar="DURATION",
+                   help="wall-clock budget for the whole command (loading, validation and the final save "
+                   "included), e.g. 90s, 15m, 1h30m: instead of --steps, the step count is fitted to it: "
+                   f"{_BUDGET_RULE}")
     p.add_argument("--paper", action="store_true", help="the paper's configuration: depth 5, 64 channels, 572 tiles, SGD 0.99")
     p.add_argument("--model", default=d.model, choices=("auto", "fast", "reference"),
                    help="auto: the fast model on CUDA, the reference on CPU")
@@ -68,6 +88,8 @@ def _train_parser(sub) -> None:
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--lr-schedule", default=d.lr_schedule, choices=("constant", "cosine", "poly"))
     p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    p.add_argument("--warmup-fraction", type=float, default=d.warmup_fraction,
+                   help="when --warmup-steps is 0: warm up over this fraction of the (fitted) steps")
     p.add_argument("--amp", default=d.amp, choices=("none", "bf16", "fp16"), help="mixed precision (fp16 uses grad scaling)")
     _optional_bool(p, "compile", d.compile, "torch.compile the model")
     _optional_bool(p, "augment", d.augment, "elastic augmentation of every tile")
@@ -97,7 +119,8 @@ def _predict_parser(sub) -> None:
                        "streamed tile by tile (bounded memory, resumable, several processes under torchrun) "
                        "into <stem>.zarr (labels, float16 probs) or the given X.zarr, one group per input "
                        "stem when several.")
-    p.add_argument("--checkpoint", required=True, help="run directory of 'unet-fast train' or a checkpoint directory")
+    p.add_argument("--checkpoint", required=True, help="run directory of 'unet-fast train' (its best checkpoint by "
+                   "validation pixel error when it has one, else its latest) or a checkpoint directory")
     p.add_argument("--input", required=True, nargs="+",
                    help="image files (PNG/TIFF, BigTIFF), Zarr / OME-Zarr stores, or directories of images")
     p.add_argument("--out", required=True, help="output directory, or an X.zarr store")
@@ -193,6 +216,8 @@ def _check_train_options(args) -> None:
         if conflicts:
             sub.error("--paper sets " + ", ".join(f"--{k.replace('_', '-')} {PAPER[k]}" for k in conflicts)
                       + "; drop --paper or the conflicting option(s)")
+    if "time_budget" in explicit and "steps" in explicit:
+        sub.error("give --steps or --time-budget, not both: the budget fits the step count")
     if "momentum" in explicit and not (args.paper or args.resume) and args.optimizer != "sgd":
         sub.error(f"--momentum applies to --optimizer sgd only, not {args.optimizer}")
     if args.class_weights is not None and "class_balance" in explicit and args.class_balance:
@@ -203,6 +228,7 @@ def _run_train(args) -> int:
     import dataclasses
 
     from unet_fast.train import PAPER, TrainConfig, saved_config, train
+    from unet_fast.train.budget import process_started
 
     options = {k: v for k, v in vars(args).items() if k not in ("command", "paper", "argv")}
     explicit = _explicit_train_options(args.argv) - {"paper"}
@@ -211,9 +237,11 @@ def _run_train(args) -> int:
         # those that would alter the run.
         saved = saved_config(args.out)
         options = {**dataclasses.asdict(saved), **{k: options[k] for k in explicit}}
+        if "steps" in explicit:
+            options["time_budget"] = None  # a typed step count replaces the saved run's budget
     if args.paper:
         options.update(PAPER)  # _check_train_options rejected typed options that differ
-    summary = train(TrainConfig(**options))
+    summary = train(TrainConfig(**options), started=process_started())  # the budget covers the whole command
     print(f"run directory: {summary['run_dir']}")
     return 0
 

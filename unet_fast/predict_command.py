@@ -117,11 +117,14 @@ def run_predict(args) -> int:
     from unet_fast.data import read_image
     from unet_fast.inference import predict_tiled
     from unet_fast.instances import write_segments
-    from unet_fast.train import load_model, resolve_device
+    from unet_fast.train import choose_checkpoint, describe_checkpoint, load_model, resolve_device
 
     rank, world, device = _distributed(resolve_device(args.device))
     paths = _image_paths(args.input)
-    model = load_model(args.checkpoint, device)
+    directory, kind = choose_checkpoint(args.checkpoint)  # the run's best, else its latest
+    model = load_model(directory, device)
+    if rank == 0:
+        print(describe_checkpoint(directory, kind))
     out = Path(args.out)
     streamed = [p for p in paths if world > 1 or out.suffix.lower() == ".zarr" or _is_large(p)]
     if args.segments and streamed:

@@ -17,7 +17,8 @@ averaged over output pixels.
 
 A run directory holds ``config.json``, ``metrics.csv`` / ``metrics.json`` (one row per log interval,
 validation rows carry pixel error, foreground IoU / Dice and the adapted Rand error),
-``loss.png`` (when matplotlib is installed) and ``checkpoints/`` (see ``unet_fast.checkpoint``);
+``loss.png`` (when matplotlib is installed), ``checkpoints/`` (see ``unet_fast.checkpoint``) and
+``best/`` (the checkpoint with the lowest validation pixel error, which ``unet-fast predict`` uses);
 ``--resume`` continues from the latest checkpoint exactly as if never interrupted.
 
 Layout, one job per module (each imports only those above it in this list):
@@ -31,20 +32,25 @@ Layout, one job per module (each imports only those above it in this list):
 - ``validation``: overlap-tile predictions of the held-out images, scored;
 - ``reporting``: the tqdm progress bar (plain lines off a terminal) and the run log;
 - ``distributed``: the torchrun process group, the DDP wrapper, the collectives;
-- ``resume``: checkpoints, the RNG states they carry and the checks of a resumed run;
+- ``resume``: checkpoints (the latest ones and the ``best`` by validation pixel error), the RNG
+  states they carry and the checks of a resumed run;
+- ``budget``: ``--time-budget``: the step count (warm-up, decay) fitted to the time measured for
+  the first steps, a validation and a save, and the guard that ends a slowed-down run in time;
 - ``loop``: ``train()``, which puts them together.
 """
-from unet_fast.train.models import build_model, fast_model_class, init_weights, load_model, resolve_device
+from unet_fast.train.models import (build_model, choose_checkpoint, describe_checkpoint, fast_model_class, init_weights,
+                                    load_model, resolve_device)
 from unet_fast.train.config import DEFAULT_LR, PAPER, TrainConfig
 from unet_fast.train.schedule import build_optimizer, learning_rate
 from unet_fast.train.tiles import TrainingTiles, load_datasets
 from unet_fast.train.validation import validate
 from unet_fast.train.reporting import Progress, RunLog
 from unet_fast.train.resume import RESUMABLE_OPTIONS, saved_config
+from unet_fast.train.budget import parse_duration
 from unet_fast.train.loop import train
 
 __all__ = [
     "DEFAULT_LR", "PAPER", "RESUMABLE_OPTIONS", "Progress", "RunLog", "TrainConfig", "TrainingTiles", "build_model",
-    "build_optimizer", "fast_model_class", "init_weights", "learning_rate", "load_datasets", "load_model",
-    "resolve_device", "saved_config", "train", "validate",
+    "build_optimizer", "choose_checkpoint", "describe_checkpoint", "fast_model_class", "init_weights", "learning_rate", "load_datasets", "load_model",
+    "parse_duration", "resolve_device", "saved_config", "train", "validate",
 ]

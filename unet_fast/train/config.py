@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     lr_schedule: str = "constant"
     warmup_steps: int = 0
+    warmup_fraction: float = 0.0  # > 0: warmup_steps = round(fraction * steps) when warmup_steps is 0
+    time_budget: float | None = None  # seconds for the whole run; fits steps (unet_fast.train.budget)
     amp: str = "none"
     compile: bool = False
     augment: bool = True
@@ -66,6 +69,8 @@ class TrainConfig:
         c = dataclasses.replace(self)
         if c.lr is None and c.optimizer in DEFAULT_LR:
             c.lr = DEFAULT_LR[c.optimizer]
+        if c.warmup_fraction > 0 and c.warmup_steps == 0 and c.time_budget is None:
+            c.warmup_steps = round(c.warmup_fraction * c.steps)  # a budget fits it to its own steps
         if c.checkpoint_interval is None:
             c.checkpoint_interval = c.val_interval
         if c.model == "auto":
@@ -109,6 +114,10 @@ class TrainConfig:
             )
         if self.warmup_steps < 0 or self.weight_decay < 0 or self.dice_weight < 0:
             raise ValueError("warmup_steps, weight_decay and dice_weight must be >= 0")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if self.time_budget is not None and not (isinstance(self.time_budget, (int, float)) and 0 < self.time_budget < math.inf):
+            raise ValueError(f"time_budget must be a positive number of seconds, got {self.time_budget!r}")
         if self.val_images is not None and self.val_images < 0:
             raise ValueError(f"val_images must be >= 0, got {self.val_images}")
         if self.synthetic_size < 16:

@@ -42,3 +42,12 @@ def all_gather(value, world: int) -> list:
 def barrier(world: int) -> None:
     if world > 1:
         dist.barrier()
+
+
+def broadcast(value, world: int):
+    """Rank 0's ``value`` (any picklable object) on every rank."""
+    if world <= 1:
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]

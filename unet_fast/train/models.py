@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -81,3 +82,28 @@ def load_model(path, device: torch.device | str = "cpu", kind: str | None = None
     model = build_model(kind, **state["model_config"])
     ckpt.load_model_state(model, model_state, path, state["model_config"])
     return model.to(device).eval()
+
+
+def choose_checkpoint(path) -> tuple[Path, str]:
+    """(checkpoint directory, "best" or "latest") for a run directory: its ``best`` checkpoint
+    (lowest validation pixel error) when it has one, else its latest; for a checkpoints/ folder or a
+    checkpoint directory, that one ("latest" / "given"). FileNotFoundError naming ``path`` when
+    there is none."""
+    path = Path(path)
+    best = ckpt.find_checkpoint(path / ckpt.BEST)
+    if best is not None:
+        return best, "best"
+    found = ckpt.find_checkpoint(path)
+    if found is None:
+        ckpt.load_checkpoint(path)  # raises the FileNotFoundError that explains the layout
+    return found, "given" if found == path else "latest"
+
+
+def describe_checkpoint(directory: Path, kind: str) -> str:
+    """One line naming the checkpoint, its step and (for ``best``) its validation pixel error."""
+    state = ckpt.read_state(directory)
+    if kind == "best":
+        return (f"using the best checkpoint {directory} (step {state['step']}, validation pixel error "
+                f"{state['validation']['pixel_error']:.4f})")
+    what = "the latest checkpoint (the run has no best one)" if kind == "latest" else "the checkpoint"
+    return f"using {what} {directory} (step {state['step']})"

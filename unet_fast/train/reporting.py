@@ -134,7 +134,8 @@ class RunLog:
             other.plot(steps, rand, "s-", color="tab:green", label="val Rand error")
             other.set_ylabel("validation error")
             other.legend(loc="upper center")
-        ax.legend(loc="upper right")
+        if train:
+            ax.legend(loc="upper right")
         ax.set_title("unet-fast training")
         fig.tight_layout()
         path = self.run_dir / "loss.png"

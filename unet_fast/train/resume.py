@@ -7,6 +7,8 @@ the saved configuration, and the number of processes must be the same.
 """
 from __future__ import annotations
 
+import copy
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from unet_fast.train.config import TrainConfig
 
 # Options a resumed run may change: they do not alter the training trajectory.
 RESUMABLE_OPTIONS = ("steps", "out", "resume", "device", "progress", "log_interval", "val_interval",
-                     "checkpoint_interval", "compile")
+                     "checkpoint_interval", "compile", "time_budget")
 
 
 def saved_config(run_dir) -> TrainConfig:
@@ -103,6 +105,25 @@ class TrainingState:
         self.load_rng_state(state["rng"][rank])
         return state["step"], state.get("elapsed_s", 0.0)
 
+    def snapshot(self) -> tuple:
+        """Copies of everything a training step changes, for :meth:`restore_snapshot`."""
+        return (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.optimizer.state_dict()),
+                copy.deepcopy(self.scaler.state_dict()), self.rng_state())
+
+    def restore_snapshot(self, snapshot: tuple) -> None:
+        model_state, optimizer_state, scaler_state, rng = snapshot
+        self.model.load_state_dict(model_state)
+        self.optimizer.load_state_dict(optimizer_state)
+        if self.scaler.is_enabled():
+            self.scaler.load_state_dict(scaler_state)
+        self.load_rng_state(rng)
+
+    def save_best(self, run_dir: Path, config: TrainConfig, step: int, validation: dict) -> None:
+        """The model after ``step`` as the run's ``best`` checkpoint (no optimizer: it is for predicting)."""
+        state = dict(config=config.to_dict(), model_config=self.model.config(), validation=validation)
+        ckpt.save_checkpoint(Path(run_dir) / ckpt.BEST, model_state=self.model.state_dict(), optimizer_state=None,
+                             state=state, step=step, keep=1)
+
     def save(self, run_dir: Path, config: TrainConfig, step: int, elapsed_s: float, rank: int, world: int) -> None:
         """A checkpoint after ``step`` steps, written by rank 0 with every rank's RNG state."""
         rng = distributed.all_gather(self.rng_state(), world)
@@ -112,3 +133,11 @@ class TrainingState:
             ckpt.save_checkpoint(run_dir, model_state=self.model.state_dict(),
                                  optimizer_state=self.optimizer.state_dict(), state=state, step=step)
         distributed.barrier(world)
+
+
+def best_validation_error(run_dir: Path) -> float:
+    """The validation pixel error of the run's ``best`` checkpoint; infinity when it has none."""
+    found = ckpt.find_checkpoint(Path(run_dir) / ckpt.BEST)
+    if found is None:
+        return math.inf
+    return ckpt.read_state(found, required=("validation",))["validation"]["pixel_error"]
