@@ -6,6 +6,14 @@
 # STAGE:
 #   stamp       (run where .git exists, before copying the tree) writes COMMIT with `git rev-parse
 #               HEAD` (+ "-dirty"), so that results name their commit on a machine without .git
+#   first-contact  the one stage that fits a 15-minute GPU loan: at most 4.5 minutes of wall time.
+#               Installs the matching dist/ wheel (`make wheel-gpu-server`; else builds in place for
+#               this GPU only), then numerics of every Triton kernel family, the whole model, the
+#               CUDA elastic warp and memcheck, then the headline benchmark until the deadline
+#               (unet_fast.benchmark.first_contact). Options: --dry-run (the same plan on the CPU at
+#               tiny sizes, Triton under TRITON_INTERPRET=1; no GPU needed), --only STEP,... (rerun
+#               those steps into the existing OUTDIR/first-contact.json; "install" reinstalls).
+#               OUTDIR gets first-contact.json, autotune.json, summary.txt and the logs.
 #   build       only builds unet_fast._C in place for this GPU's architecture
 #   test        pytest on the GPU with UNET_FAST_AUTOTUNE=0 (each Triton kernel compiles its default
 #               tile once instead of timing every tile; a sweep test runs the other tiles): first the
@@ -34,11 +42,12 @@ OUTDIR=${2:-}
 shift 2 2>/dev/null || shift $#
 SUITE_OPTIONS=("$@")
 if [[ -z "$STAGE" || ( -z "$OUTDIR" && "$STAGE" != stamp ) ]]; then
-  sed -n '2,29p' "$0" >&2
+  sed -n '2,37p' "$0" >&2
   exit 2
 fi
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
+STARTED_AT=$(date +%s.%N)
 PYTHON=${PYTHON:-python3}
 export MAX_JOBS=${MAX_JOBS:-16}
 SUITE_DEADLINE_S=${SUITE_DEADLINE_S:-450}
@@ -57,6 +66,46 @@ OUTDIR=$(cd "$OUTDIR" && pwd)
 LOG="$OUTDIR/$STAGE.log"
 SUMMARY="$OUTDIR/summary.txt"
 : > "$LOG"
+
+# first-contact: install (unless --only leaves it out), then the Python driver, which keeps the
+# 4.5-minute deadline counted from STARTED_AT; the outer timeout is a backstop 15 s past it.
+first_contact() {
+  local dry_run=() only="" only_given=0 options=() site=${FIRST_CONTACT_SITE:-${TMPDIR:-/tmp}/unet_fast_site} pythonpath
+  while (( $# )); do
+    case "$1" in
+      --dry-run) dry_run=(--dry-run) ;;
+      --only) only=${2:-}; only_given=1; shift ;;
+      --only=*) only=${1#--only=}; only_given=1 ;;
+      *) echo "first-contact: unknown option '$1' (--dry-run, --only STEP,...)" | tee -a "$LOG" >&2; return 2 ;;
+    esac
+    shift
+  done
+  if [[ -z "${UNET_FAST_COMMIT:-}" ]]; then
+    if [[ -d .git ]]; then UNET_FAST_COMMIT=$(git rev-parse HEAD 2>/dev/null)
+    elif [[ -s COMMIT ]]; then UNET_FAST_COMMIT=$(head -n 1 COMMIT); fi
+    export UNET_FAST_COMMIT
+  fi
+  if [[ -z "$only" || ",$only," == *,install,* || ! -s "$OUTDIR/install.json" ]]; then
+    timeout --kill-after=5 250 "$PYTHON" unet_fast/benchmark/first_contact_install.py "$ROOT" "$OUTDIR" "$site" \
+      --deadline 240 "${dry_run[@]}" 2>&1 | tee -a "$LOG"
+  fi
+  only=$(echo ",$only," | sed 's/,install,/,/g; s/^,*//; s/,*$//')
+  if [[ -n "$only" ]]; then options=(--only "$only")
+  elif (( only_given )); then options=(--only environment)  # --only install: no other step
+  fi
+  pythonpath=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1])).get("pythonpath", ""))' \
+    "$OUTDIR/install.json" 2>/dev/null) || pythonpath=$ROOT
+  [[ -n "$pythonpath" ]] || pythonpath=$ROOT
+  # from OUTDIR, so that `import unet_fast` finds the installed wheel (or the tree) through PYTHONPATH alone
+  (cd "$OUTDIR" && PYTHONPATH="$pythonpath" PYTHONUNBUFFERED=1 timeout --kill-after=5 285 "$PYTHON" \
+    -m unet_fast.benchmark.first_contact "$OUTDIR" --started-at "$STARTED_AT" "${dry_run[@]}" "${options[@]}") \
+    2>&1 | tee -a "$LOG"
+  return "${PIPESTATUS[0]}"
+}
+if [[ "$STAGE" == first-contact ]]; then
+  first_contact "${SUITE_OPTIONS[@]}"
+  exit $?
+fi
 
 # step NAME COMMAND...: runs COMMAND with output into the stage log, records status and time.
 step() {
@@ -151,7 +200,7 @@ case "$STAGE" in
       --json "$OUTDIR/bench-full.json" --plot "$OUTDIR/bench-full.png"
     ;;
   *)
-    echo "unknown stage '$STAGE' (stamp, build, test, bench, bench-ops, bench-full)" | tee -a "$LOG" >&2
+    echo "unknown stage '$STAGE' (stamp, first-contact, build, test, bench, bench-ops, bench-full)" | tee -a "$LOG" >&2
     exit 2
     ;;
 esac

@@ -9,6 +9,7 @@ examples (derandomize implies no database); "long" explores 20 times as many ran
 saves failures in tests/hypothesis-examples/ and replays them first on its next run. A failure
 found either way is fixed and kept as an explicit @example, so the CI profile replays it too.
 """
+import contextlib
 import os
 import platform
 from pathlib import Path
@@ -45,6 +46,44 @@ def pytest_collection_modifyitems(config, items):
 def triton_device() -> str:
     """Where Triton kernels run in this session: "cuda", or "cpu" under TRITON_INTERPRET=1."""
     return TRITON_DEVICE
+
+
+@contextlib.contextmanager
+def ieee_fp32_convolutions():
+    """PyTorch's cuDNN convolutions in IEEE fp32 (no TF32) inside the block, the previous state after.
+
+    It goes through the legacy switch ``torch.backends.cudnn.allow_tf32`` on every torch version. On
+    torch >= 2.9 that switch also resets the per-op settings of the new API
+    (``cudnn.conv/rnn.fp32_precision`` become "none", which inherits it), so both the new getters and
+    the legacy one agree. Writing only ``cudnn.conv.fp32_precision`` (the new API) would leave the
+    legacy flag True, and reading it, as inductor's conv lowering does, then raises "a mix of the
+    legacy and new APIs". Both our ops and the tests read the setting through
+    ``unet_fast.ops._numerics.conv_allows_tf32``, which follows the new API with the legacy fallback.
+    """
+    cudnn = torch.backends.cudnn
+    per_op = [backend for backend in (getattr(cudnn, "conv", None), getattr(cudnn, "rnn", None))
+              if hasattr(backend, "fp32_precision")]
+    saved_per_op = [backend.fp32_precision for backend in per_op]
+    try:
+        saved_legacy = cudnn.allow_tf32
+    except RuntimeError:  # the caller already mixed the two APIs; its per-op values are still restored
+        saved_legacy = None
+    cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        if saved_legacy is not None:
+            cudnn.allow_tf32 = saved_legacy
+        for backend, value in zip(per_op, saved_per_op):  # after the legacy write, which resets them
+            backend.fp32_precision = value
+
+
+@pytest.fixture
+def pinned_conv_precision():
+    """Pins PyTorch's cuDNN conv to IEEE fp32 for the test (so the fused ops use no TF32 either): fp32
+    GPU tests compare against eager PyTorch, whose default on torch >= 2.9 is TF32 for convolutions."""
+    with ieee_fp32_convolutions():
+        yield
 
 
 def pytest_sessionfinish(session, exitstatus):

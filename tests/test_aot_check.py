@@ -125,3 +125,50 @@ def test_refuses_to_run_in_the_interpreter(monkeypatch):
 def test_one_per_kernel_keeps_every_kernel_and_precision():
     configs = [_config("fp16", block_m=64), _config("fp16", block_m=128), _config("bf16"), _config("fp32")]
     assert aot_check.one_per_kernel(configs) == [configs[0], configs[2], configs[3]]
+
+
+# --- the variants the paper's model launches ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def launched():
+    from unet_fast.tools.launch_trace import launched_variants
+
+    return launched_variants("bf16")
+
+
+def _flag_sets(specs, kernel):
+    return {tuple((k, v) for k, v in spec.flags if k != "INPUT_PRECISION") for spec in specs if spec.kernel == kernel}
+
+
+def test_the_trace_finds_the_flag_combinations_of_the_models_blocks(launched):
+    # from the U-Net's structure: encoder conv1 (no skip, no pool), encoder conv2 (pool above the
+    # bottom), decoder conv1 (skip), decoder conv2 and the bottom conv2 (neither)
+    forward = {(dict(f)["HAS_SKIP"], dict(f)["POOL"]) for f in _flag_sets(launched, "_conv3x3_fwd_kernel")}
+    assert forward == {(False, False), (False, True), (True, False)}
+    assert {dict(f)["HAS_SKIP"] for f in _flag_sets(launched, "_conv3x3_wgrad_kernel")} == {False, True}
+    first_layer = [s for s in launched if s.kernel == "_conv3x3_fwd_kernel" and "C1" in s.ones]
+    assert first_layer and all("C0" not in s.ones for s in first_layer)  # C_in = 1, no skip channels
+    assert all(spec.klass == "16bit" for spec in launched if spec.klass)
+
+
+def test_launched_variants_include_combinations_the_registered_table_missed(launched):
+    from unet_fast.triton.aot import registered
+
+    registered_forward = {(c.constexprs["HAS_SKIP"], c.constexprs["POOL"]) for c in registered() if c.kernel == "conv3x3_fwd"}
+    launched_forward = {(dict(f)["HAS_SKIP"], dict(f)["POOL"]) for f in _flag_sets(launched, "_conv3x3_fwd_kernel")}
+    assert launched_forward - registered_forward  # e.g. encoder conv2: pool without skip
+
+
+def test_launched_work_compiles_every_tile_on_sm80_and_the_default_on_sm86(launched):
+    from unet_fast.triton.autotune import ELEMENT_SIZE, default_tile, tuned_kernel
+
+    work = aot_check.launched_work([80, 86])
+    forward = [(c, a) for c, a in work if c.kernel == "conv3x3_fwd" and c.precision == "bf16"]
+    tiles = tuned_kernel("_conv3x3_fwd_kernel").tiles["16bit"]
+    by_arch = {arch: [c for c, a in forward if a == arch] for arch in (80, 86)}
+    assert len(by_arch[80]) >= len(tiles) * 3 and len(by_arch[86]) >= 3
+    expected = default_tile(tiles, ELEMENT_SIZE["16bit"], aot_check.SHARED_MEMORY_LIMIT[86])
+    assert {c.constexprs["BLOCK_M"] for c in by_arch[86]} == {expected["BLOCK_M"]}
+    assert all("HAS_SKIP" in c.describe() and "POOL" in c.describe() for c in by_arch[80])  # rows name their flags
+    # the first layer's variant compiles C1 (= 1) as a constant
+    assert any(c.constexprs.get("C1") == 1 for c in by_arch[80])

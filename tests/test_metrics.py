@@ -91,9 +91,23 @@ def test_bad_inputs_raise():
 
 
 @pytest.mark.gpu
-def test_cuda_tensors_are_accepted():
-    pred = torch.from_numpy(TRUTH).cuda()
-    assert segmentation_metrics(pred, pred) == {"pixel_error": 0.0, "foreground_iou": 1.0, "foreground_dice": 1.0, "rand_error": 0.0}
+def test_cuda_tensors_give_the_hand_computed_values():
+    # The merge of test_rand_error_of_a_merge_by_hand and the two flipped pixels of
+    # test_pixel_iou_dice_by_hand, as a CUDA batch: pooled pixel counts, per-image Rand errors.
+    flipped = TRUTH.copy()
+    flipped[0, 2], flipped[3, 0] = 1, 0
+    pred = torch.from_numpy(np.stack([np.ones_like(TRUTH), flipped])).cuda()
+    target = torch.from_numpy(np.stack([TRUTH, TRUTH])).cuda()
+    metrics = segmentation_metrics(pred, target)
+    assert metrics["pixel_error"] == pytest.approx((4 + 2) / 40)
+    # |P&T| = 16 + 15, |P| = 20 + 16, |T| = 32, |P|T| = 20 + 17
+    assert metrics["foreground_iou"] == pytest.approx(31 / 37)
+    assert metrics["foreground_dice"] == pytest.approx(2 * 31 / (36 + 32))
+    # flipped: (0, 2) joins both cells into one segment of 15 counted pixels (7 + 8), (3, 0) is a
+    # singleton; sum n_ij^2 = 49 + 64 + 1, predicted 15^2 + 1, true 8^2 + 8^2
+    precision, recall = 114 / 226, 114 / 128
+    flipped_error = 1 - 2 * precision * recall / (precision + recall)
+    assert metrics["rand_error"] == pytest.approx((1 / 3 + flipped_error) / 2)
 
 
 def test_rand_and_info_scores_of_a_merge_and_a_split_by_hand():

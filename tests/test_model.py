@@ -315,7 +315,8 @@ def test_triton_backend_saves_what_the_torch_backend_saves():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cuda_triton_matches_reference(dtype):
+def test_cuda_triton_matches_reference(pinned_conv_precision, dtype):
+    # fp32 is IEEE fp32 here (pinned_conv_precision), as in the op tests: torch >= 2.9 defaults to TF32
     reference, fast = _pair(backend="triton", depth=4, base_channels=16, dropout=0.0)
     reference.cuda(), fast.cuda()
     x = _input(reference, batch=2, device="cuda")
@@ -373,6 +374,32 @@ def test_auto_backend_reaches_the_per_shape_cudnn_choice_inside_the_model(monkey
     torch.testing.assert_close(out_fast, out_ref, rtol=1e-4, atol=1e-5)
     for got, want in zip(grads_fast, grads_ref):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_backend_summary_reports_the_per_shape_choice_after_it_is_made(monkeypatch):
+    import itertools
+
+    import unet_fast.model as model_module
+    from unet_fast.ops import backend
+
+    monkeypatch.setattr(model_module, "block_backend", lambda backend, device, dtype: "auto")
+    monkeypatch.delenv("UNET_FAST_AUTOTUNE", raising=False)
+    _, fast = _pair(depth=2, base_channels=4, dropout=0.0)
+    fast.to(TRITON_DEVICE)
+    before = fast.backend_summary()
+    assert all(before[name].startswith("auto (not chosen yet") for name in ("encoder.0", "encoder.1", "decoder.0"))
+    # Triton is timed first, then aten: aten wins every choice of the first forward, Triton every later one
+    with backend.fresh_choices(timer=lambda fn, times=itertools.cycle([2.0, 1.0]): (fn(), next(times))[1]):
+        with torch.no_grad():
+            fast(_input(fast, device=TRITON_DEVICE))
+        summary = fast.backend_summary()
+    assert {summary[name] for name in ("encoder.0", "encoder.1", "decoder.0")} == {"fused (cudnn)"}
+    assert summary["head"] == before["head"]  # the 1x1 head has no per-shape choice
+    with backend.fresh_choices(timer=lambda fn, times=itertools.cycle([1.0, 2.0]): (fn(), next(times))[1]):
+        fast(_input(fast, device=TRITON_DEVICE)).sum().backward()
+    mixed = fast.backend_summary()
+    assert {mixed[name] for name in ("encoder.0", "encoder.1", "decoder.0")} == {
+        "fused (backward triton, forward cudnn+triton)"}
 
 
 # --- the block ops themselves -----------------------------------------------------------------------

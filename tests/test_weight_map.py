@@ -155,8 +155,15 @@ def test_benchmark_runs_and_agrees_with_scipy(tmp_path):
 
 
 @pytest.mark.gpu
-def test_cuda_labels_give_a_cuda_map_equal_to_cpu(small_sample):
+def test_cuda_labels_give_a_cuda_map_matching_the_scipy_reference(small_sample):
+    # Against the independent scipy formula (not the CPU path of the same code): a batch of two
+    # label maps, the second with the classes swapped, and per-class weights given as a CUDA tensor.
     labels, _ = small_sample
-    on_gpu = weight_map(torch.from_numpy(labels).cuda())
-    assert on_gpu.is_cuda
-    torch.testing.assert_close(on_gpu.cpu(), weight_map(labels), rtol=0, atol=0)
+    batch = np.stack([labels, 1 - labels])
+    on_gpu = weight_map(torch.from_numpy(batch).cuda())
+    assert on_gpu.is_cuda and on_gpu.dtype == torch.float32 and on_gpu.shape == batch.shape
+    for item in range(2):
+        np.testing.assert_allclose(on_gpu[item].cpu().numpy(), reference_weight_map(batch[item]), rtol=0, atol=1e-5)
+    fixed = weight_map(torch.from_numpy(labels).cuda(), class_weights=torch.tensor([0.5, 2.0], device="cuda"), w0=0)
+    assert fixed.is_cuda
+    np.testing.assert_array_equal(fixed.cpu().numpy(), np.where(labels == 1, 2.0, 0.5).astype(np.float32))

@@ -9,12 +9,14 @@ up_mode="bilinear") run the reference modules unchanged; ``backend_summary()`` l
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
 from unet_fast import blocks  # noqa: F401  (registers the block ops)
 from unet_fast.ops._numerics import autocast_dtype
-from unet_fast.ops.backend import block_backend, check_backend, resolve_backend
+from unet_fast.ops.backend import ChoiceLog, block_backend, check_backend, layer_scope, resolve_backend
 from unet_fast.reference.unet import UNet as ReferenceUNet
 
 
@@ -52,6 +54,7 @@ class UNet(ReferenceUNet):
         if not isinstance(recompute, bool):
             raise TypeError(f"recompute must be a bool, got {type(recompute).__name__}")
         self.backend, self.recompute = backend, recompute
+        self._choices = ChoiceLog()  # what backend "auto" picked for each block (backend_summary)
 
     # --- which layers run fused ---------------------------------------------------------------------
 
@@ -70,20 +73,31 @@ class UNet(ReferenceUNet):
     def backend_summary(self, device: torch.device | str | None = None) -> dict[str, str]:
         """For each block ("encoder.i", "decoder.j", "head"), how it runs on ``device`` (default: the
         parameters' device): "fused (triton)", "fused (torch)", "reference (<reason>)", or
-        "unavailable (<reason>)" when the requested backend cannot run there (forward would raise)."""
+        "unavailable (<reason>)" when the requested backend cannot run there (forward would raise).
+        Where backend "auto" picks Triton or cuDNN per shape (its 3x3 convs on CUDA), a block reads
+        what its forwards and backwards ran so far: "fused (triton)", "fused (cudnn)" or "fused
+        (backward triton, forward cudnn+triton)", and "auto (not chosen yet: ...)" before its first
+        forward."""
         parameter = next(self.parameters())
         device = parameter.device if device is None else torch.device(device)
         try:
             fused = f"fused ({resolve_backend(self.backend, device, parameter.dtype)})"
+            per_shape = block_backend(self.backend, device, parameter.dtype) == "auto"
         except (ValueError, TypeError) as error:  # forward would raise this; the summary reports it
-            fused = f"unavailable ({error})"
+            fused, per_shape = f"unavailable ({error})", False
         encoder_reason, decoder_reason = self._encoder_fallback_reason(), self._decoder_fallback_reason()
+
+        def fused_block(name: str) -> str:
+            return _chosen(self._choices.layers.get(name)) if per_shape else fused
+
         summary = {}
         for level in range(self.depth):
-            summary[f"encoder.{level}"] = fused if encoder_reason is None else f"reference ({encoder_reason})"
+            name = f"encoder.{level}"
+            summary[name] = fused_block(name) if encoder_reason is None else f"reference ({encoder_reason})"
         for stage in range(self.depth - 1):
-            summary[f"decoder.{stage}"] = fused if decoder_reason is None else f"reference ({decoder_reason})"
-        summary["head"] = fused
+            name = f"decoder.{stage}"
+            summary[name] = fused_block(name) if decoder_reason is None else f"reference ({decoder_reason})"
+        summary["head"] = fused  # the 1x1 conv has no per-shape choice
         return summary
 
     # --- conversion ---------------------------------------------------------------------------------
@@ -115,6 +129,13 @@ class UNet(ReferenceUNet):
             )
         return x.dtype
 
+    def _scope(self, backend: str, name: str):
+        """Logs backend "auto"'s choices inside under the block ``name`` (eager only: under
+        torch.compile the ops run after tracing, outside any scope)."""
+        if backend != "auto" or torch.compiler.is_compiling():
+            return contextlib.nullcontext()
+        return layer_scope(self._choices, name)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         dtype = self._compute_dtype(x)
@@ -126,10 +147,11 @@ class UNet(ReferenceUNet):
         for level, block in enumerate(self.encoder):
             bottom = level == self.depth - 1
             if encoder_fused:
-                _, y2, p = torch.ops.unet_fast._encoder_block(
-                    h, pooled, block.conv1.weight, block.conv1.bias, block.conv2.weight, block.conv2.bias,
-                    not bottom, self.recompute, backend,
-                )
+                with self._scope(backend, f"encoder.{level}"):
+                    _, y2, p = torch.ops.unet_fast._encoder_block(
+                        h, pooled, block.conv1.weight, block.conv1.bias, block.conv2.weight, block.conv2.bias,
+                        not bottom, self.recompute, backend,
+                    )
             else:
                 y2 = block(h if pooled is None else pooled)
                 p = None if bottom else F.max_pool2d(y2, 2)
@@ -138,16 +160,29 @@ class UNet(ReferenceUNet):
             h, pooled = y2, (None if bottom else p)
 
         h = self.dropout(h)
-        for stage, skip in zip(self.decoder, reversed(skips)):
+        for index, (stage, skip) in enumerate(zip(self.decoder, reversed(skips))):
             if decoder_fused:
                 convs = stage.block
-                _, h = torch.ops.unet_fast._decoder_block(
-                    h.to(dtype), skip if self.skip_connections else None, stage.up.weight, stage.up.bias,
-                    convs.conv1.weight, convs.conv1.bias, convs.conv2.weight, convs.conv2.bias, self.recompute, backend,
-                )
+                with self._scope(backend, f"decoder.{index}"):
+                    _, h = torch.ops.unet_fast._decoder_block(
+                        h.to(dtype), skip if self.skip_connections else None, stage.up.weight, stage.up.bias,
+                        convs.conv1.weight, convs.conv1.bias, convs.conv2.weight, convs.conv2.bias, self.recompute,
+                        backend,
+                    )
             else:
                 h = stage(h, skip)
         return torch.ops.unet_fast._head(h.to(dtype), self.head.weight, self.head.bias, backend)
+
+
+def _chosen(passes: dict[str, set[str]] | None) -> str:
+    """A block's summary from the backends "auto" chose for its passes ("aten" is cuDNN + PyTorch ops)."""
+    if not passes:
+        return "auto (not chosen yet: Triton or cuDNN is picked per shape on the first forward)"
+    names = {pass_name: "+".join(sorted("cudnn" if c == "aten" else c for c in choices))
+             for pass_name, choices in passes.items()}
+    if len(set(names.values())) == 1:
+        return f"fused ({next(iter(names.values()))})"
+    return "fused (" + ", ".join(f"{pass_name} {names[pass_name]}" for pass_name in sorted(names)) + ")"
 
 
 def _twin(model: torch.nn.Module, source: torch.nn.Module) -> torch.nn.Module:

@@ -2,7 +2,6 @@
 import pytest
 import torch
 
-from tests.conftest import HAS_CUDA
 from tests.ops.op_contract import OpContract
 from unet_fast.ops import center_crop_concat
 from unet_fast.reference import center_crop_concat as reference
@@ -87,6 +86,7 @@ def test_cuda_matches_cpu(dtype, channels_last):
         skip, x = skip.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
     out = center_crop_concat(skip.cuda(), x.cuda())
     assert torch.equal(out.cpu(), reference(skip, x))
+    assert out.is_cuda and out.dtype == dtype
+    assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     with pytest.raises(ValueError, match="on cuda"):
         center_crop_concat(skip.cuda(), x)
-    assert HAS_CUDA

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.ops.conftest import ieee_fp32_convolutions
+from tests.conftest import ieee_fp32_convolutions
 from tests.ops.conv3x3_relu_cases import call_args, grads_of, make_inputs, plain_reference, run
 from unet_fast.ops import backend, conv1x1, conv3x3_relu, upconv2x2
 from unet_fast.ops._numerics import conv_allows_tf32

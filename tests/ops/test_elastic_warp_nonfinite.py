@@ -242,6 +242,7 @@ def test_augmentation_with_nan_parameters_samples_like_elastic_warp(results, cap
             assert torch.equal(got, expected), padding
 
 
+@pytest.mark.gpu
 def test_cuda_agrees_with_the_cpu(results):
     """The CUDA kernel shares the clamp: bitwise the CPU's results where the coordinates are the same (the
     dense and coarse cases; the affine one may differ by FMA contraction on the GPU, so it only has to run)."""

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.conftest import TRITON_DEVICE
-from tests.ops.conftest import ieee_fp32_convolutions
+from tests.conftest import ieee_fp32_convolutions
 from tests.ops.pixel_gemm_cases import PixelGemmContract
 
 

@@ -8,7 +8,10 @@ Interface (what the ops, the model and the tests use):
 - the per-shape Triton-vs-cuDNN choice of backend "auto": ``choose(key, t, run_triton, run_aten)``,
   ``chosen_backends()`` (the picks so far) and ``fresh_choices(timer=None)``, a context with an
   empty choice table and, optionally, another timer (``timer(fn) -> ms``) than
-  ``unet_fast.triton.runtime.time_ms``: tests and benchmarks use it instead of patching internals.
+  ``unet_fast.triton.runtime.time_ms``: tests and benchmarks use it instead of patching internals;
+- ``ChoiceLog`` and ``layer_scope(log, name)``: which choices each layer of a model got (a model
+  opens a scope around each block; a backward choice finds its layer by the signature its forward
+  recorded), for ``UNet.backend_summary``.
 
 Whether Triton imports is decided once, by ``unet_fast._ext.triton_version`` (whose
 ``try/except ImportError`` covers ``import triton`` only); our own kernel modules are imported
@@ -17,6 +20,7 @@ unguarded, so an ImportError inside them is never mistaken for "Triton is not in
 from __future__ import annotations
 
 import contextlib
+import contextvars
 
 import numpy
 import torch
@@ -136,17 +140,55 @@ def fresh_choices(timer=None):
         _TIMER[0] = saved_timer
 
 
-def choose(key: tuple, t: torch.Tensor, run_triton, run_aten) -> str:
-    """"triton" or "aten", whichever runs faster for this key, timed on t's device on first use and
-    remembered; always "triton" with UNET_FAST_AUTOTUNE=0 (the fixed, reproducible rule) and inside
-    a CUDA graph capture (no timing there; an eager call decides)."""
-    if not autotune_enabled():
-        return "triton"
-    choice = _CHOICES.get(key)
+class ChoiceLog:
+    """Per layer name, per pass ("forward", "backward"), the set of backends "auto" chose for it."""
+
+    def __init__(self):
+        self.layers: dict[str, dict[str, set[str]]] = {}
+
+    def add(self, layer: str, pass_name: str, choice: str) -> None:
+        self.layers.setdefault(layer, {}).setdefault(pass_name, set()).add(choice)
+
+
+_SCOPE: contextvars.ContextVar = contextvars.ContextVar("unet_fast_layer_scope", default=None)
+# signature of a layer's forward call -> (log, layer name): its backward, run by autograd outside
+# the model's forward (and its scope), is logged under the same layer
+_SIGNATURE_LAYERS: dict[tuple, tuple[ChoiceLog, str]] = {}
+
+
+@contextlib.contextmanager
+def layer_scope(log: ChoiceLog, name: str):
+    """Choices made inside are logged in ``log`` under ``name``."""
+    token = _SCOPE.set((log, name))
+    try:
+        yield
+    finally:
+        _SCOPE.reset(token)
+
+
+def _log_choice(pass_name: str, signature: tuple | None, choice: str) -> None:
+    scope = _SCOPE.get()
+    if signature is not None:
+        if scope is not None:
+            _SIGNATURE_LAYERS[signature] = scope
+        scope = scope or _SIGNATURE_LAYERS.get(signature)
+    if scope is not None:
+        scope[0].add(scope[1], pass_name, choice)
+
+
+def choose(key: tuple, t: torch.Tensor, run_triton, run_aten, signature: tuple | None = None) -> str:
+    """"triton" or "aten", whichever runs faster for this key (whose first item names the pass),
+    timed on t's device on first use and remembered; always "triton" with UNET_FAST_AUTOTUNE=0 (the
+    fixed, reproducible rule) and inside a CUDA graph capture (no timing there; an eager call
+    decides). ``signature``: the layer's identity shared by its forward and backward keys, so the
+    choice is logged for the layer (``layer_scope``)."""
+    choice = _CHOICES.get(key) if autotune_enabled() else "triton"
     if choice is None:
         if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
-            return "triton"
-        with device_guard(t):
-            times = {"triton": _TIMER[0](run_triton), "aten": _TIMER[0](run_aten)}
-        choice = _CHOICES[key] = min(times, key=times.get)
+            choice = "triton"
+        else:
+            with device_guard(t):
+                times = {"triton": _TIMER[0](run_triton), "aten": _TIMER[0](run_aten)}
+            choice = _CHOICES[key] = min(times, key=times.get)
+    _log_choice(key[0], signature, choice)
     return choice

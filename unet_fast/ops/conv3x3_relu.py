@@ -112,7 +112,8 @@ def _validate(x, weight, bias, skip, relu, pool, backend, weight_cast=False) -> 
         raise ValueError(
             f"weight must have shape (C_out, {in_channels}, 3, 3) for {where} input channels, got {tuple(weight.shape)}"
         )
-    if weight.shape[0] < 1 or x.shape[0] < 1 or in_channels < 1:
+    # an empty batch is fine (empty outputs, zero weight gradients), as in PyTorch; no channels is not
+    if weight.shape[0] < 1 or in_channels < 1:
         raise ValueError(f"empty input: x {tuple(x.shape)}, weight {tuple(weight.shape)}")
     if bias is not None:
         check_tensor("bias", bias, dim=1, dtypes=dtypes)
@@ -188,6 +189,11 @@ def _shape_key(x, weight, bias, skip, relu, pool, allow_tf32) -> tuple:
     )
 
 
+def _layer_signature(x, weight, skip, allow_tf32) -> tuple:
+    """What a layer's forward and backward choices share (``backend.layer_scope``)."""
+    return tuple(x.shape), None if skip is None else tuple(skip.shape), tuple(weight.shape), x.dtype, allow_tf32, str(x.device)
+
+
 def fused_forward(x, weight, bias, skip, *, relu: bool, pool: bool, allow_tf32: bool, tune: bool):
     """(y, pooled or None) of the op, without validation or autograd: the Triton kernels where they run
     (``backend.runs_triton``), else ATen ops. ``tune`` (backend "auto"): per shape, the faster of the two,
@@ -205,7 +211,7 @@ def fused_forward(x, weight, bias, skip, *, relu: bool, pool: bool, allow_tf32: 
             if not fits_index_range(x, skip, weight):
                 return run_aten()
             key = ("forward", *_shape_key(x, weight, bias, skip, relu, pool, allow_tf32))
-            if choose(key, x, run_triton, run_aten) == "aten":
+            if choose(key, x, run_triton, run_aten, _layer_signature(x, weight, skip, allow_tf32)) == "aten":
                 return run_aten()
         return run_triton()
 
@@ -281,7 +287,7 @@ def fused_backward(grad_y, grad_pooled, x, skip, weight, y, *, relu: bool, pool:
                 input_precision=input_precision(x.dtype, allow_tf32),
             )
             key = ("backward", *_shape_key(x, weight, None, skip, relu, pool, allow_tf32), needs, grad_y is None)
-            use_aten = tune and choose(key, x, run_triton, run_aten) == "aten"
+            use_aten = tune and choose(key, x, run_triton, run_aten, _layer_signature(x, weight, skip, allow_tf32)) == "aten"
             grads = run_aten() if use_aten else run_triton()
         else:
             grads = run_aten()

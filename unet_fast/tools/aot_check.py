@@ -1,6 +1,14 @@
 """Compiles every registered Triton kernel configuration ahead of time, without a GPU.
 
     python -m unet_fast.tools.aot_check --arch 80 --arch 90 [--one-per-kernel] [--jobs N]
+    python -m unet_fast.tools.aot_check --variants launched --arch 80 --arch 90 --arch 86 --arch 89
+
+``--variants launched`` compiles the flag combinations the paper's model launches, traced from the
+model (``unet_fast.tools.launch_trace``: encoder conv2 with pool and no skip, decoder conv1 with skip,
+weight gradients without skip, the first layer's C_in = 1, ...), in every dtype: every tile for
+sm_80 and sm_90, and for sm_86 and sm_89 (99 KB of shared memory per block) the default tile that
+``unet_fast.triton.autotune.default_tile`` picks for that limit; the other kernels (per-pixel GEMMs,
+pool gradient) keep their registered configurations. Each row names its combination.
 
 For each configuration and architecture it prints whether it compiled, the tensor-core
 instructions found in the PTX, the widths of its asynchronous global-to-shared copies, the shared
@@ -173,9 +181,49 @@ def _check_pending(index: int) -> CheckResult:
 
 def check(configs, archs, jobs: int = 1) -> list[CheckResult]:
     """Compiles every configuration for every arch; ``jobs`` > 1 compiles in forked processes."""
+    return check_work([(config, arch) for config in configs for arch in archs], jobs)
+
+
+# architectures whose 99 KB per block only the default tile is checked against (launched variants)
+DEFAULT_TILE_ARCHS = (86, 89)
+
+
+def launched_work(archs) -> list:
+    """(config, arch) pairs of the variants the paper's model launches (see the module docstring)."""
+    from unet_fast.tools.launch_trace import launched_variants
+    from unet_fast.triton.aot import registered, variant_builder
+    from unet_fast.triton.autotune import ELEMENT_SIZE, default_tile, tuned_kernel
+
+    traced = {precision: launched_variants(precision) for precision in ("bf16", "fp16", "fp32")}
+    traced["tf32"] = traced["fp32"]  # fp32 layers launch the same variants with INPUT_PRECISION tf32
+    work, seen = [], set()
+    for precision, specs in traced.items():
+        klass = {"bf16": "16bit", "fp16": "16bit", "tf32": "tf32", "fp32": "ieee"}[precision]
+        for spec in sorted(specs, key=lambda spec: (spec.kernel, spec.flags)):
+            builder = variant_builder(spec.kernel)
+            if builder is None or spec.klass is None:
+                continue
+            flags = {k: v for k, v in spec.flags if k != "INPUT_PRECISION"}
+            tiles = tuned_kernel(spec.kernel).tiles[klass]
+            for arch in archs:
+                chosen = ([default_tile(tiles, ELEMENT_SIZE[klass], SHARED_MEMORY_LIMIT[arch])]
+                          if arch in DEFAULT_TILE_ARCHS else tiles)
+                for config in builder(precision, flags, spec.ones, spec.unaligned, chosen):
+                    identity = (config.kernel, config.precision, tuple(sorted(config.constexprs.items())),
+                                config.aligned_ints, config.num_warps, config.num_stages, arch)
+                    if identity not in seen:
+                        seen.add(identity)
+                        work.append((config, arch))
+    built = {config.fn for config, _ in work}
+    work += [(config, arch) for config in registered() if config.fn not in built for arch in archs
+             if arch not in DEFAULT_TILE_ARCHS]
+    return work
+
+
+def check_work(work, jobs: int = 1) -> list[CheckResult]:
+    """Compiles each (configuration, arch) pair; ``jobs`` > 1 compiles in forked processes."""
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise RuntimeError("the ahead-of-time check compiles kernels; unset TRITON_INTERPRET to run it")
-    work = [(config, arch) for config in configs for arch in archs]
     if jobs <= 1 or len(work) <= 1:
         return [_check_one(config, arch) for config, arch in work]
     _PENDING[:] = work
@@ -222,6 +270,9 @@ def main(argv=None) -> int:
     parser.add_argument("--one-per-kernel", action="store_true",
                         help="only the first configuration of each kernel and dtype")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compile processes")
+    parser.add_argument("--variants", choices=("registered", "launched"), default="registered",
+                        help="registered: every registered configuration; launched: the flag combinations the "
+                        "paper's model launches, traced from it (see above)")
     args = parser.parse_args(argv)
     archs = args.arch or [80, 90]
 
@@ -233,14 +284,23 @@ def main(argv=None) -> int:
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print("aot_check compiles kernels for real: unset TRITON_INTERPRET", file=sys.stderr)
         return 2
-    configs = [c for c in registered() if not args.kernel or c.kernel in args.kernel]
+    unknown = [a for a in archs if a not in SHARED_MEMORY_LIMIT]
+    if unknown:
+        print(f"--arch: unknown architecture(s) {unknown}; known: {sorted(SHARED_MEMORY_LIMIT)}", file=sys.stderr)
+        return 2
+    if args.variants == "launched":
+        work = launched_work(archs)
+    else:
+        work = [(config, arch) for config in registered() for arch in archs]
+    work = [(c, a) for c, a in work if not args.kernel or c.kernel in args.kernel]
     if args.one_per_kernel:
-        configs = one_per_kernel(configs)
-    print(f"triton {triton.__version__}; architectures: {', '.join(f'sm_{a}' for a in archs)}")
-    if not configs:
+        firsts = set(map(id, one_per_kernel([c for c, _ in work])))
+        work = [(c, a) for c, a in work if id(c) in firsts]
+    print(f"triton {triton.__version__}; architectures: {', '.join(f'sm_{a}' for a in archs)}; variants: {args.variants}")
+    if not work:
         print("no Triton kernel configurations are registered: nothing to check")
         return 0
-    results = check(configs, archs, jobs=args.jobs)
+    results = check_work(work, jobs=args.jobs)
     print(format_table(results))
     failures = [r for r in results if r.problem]
     print(f"{len(results) - len(failures)} of {len(results)} compilations meet their expectations")

@@ -86,6 +86,20 @@ def registered() -> list[KernelConfig]:
     return list(_REGISTRY)
 
 
+# Triton function name -> builder(precision, flags, ones, unaligned, tiles) -> [KernelConfig]: the
+# configurations of one launched variant (``aot_check --variants launched``)
+_VARIANT_BUILDERS: dict = {}
+
+
+def register_variant_builder(kernel_name: str, builder) -> None:
+    _VARIANT_BUILDERS[kernel_name] = builder
+
+
+def variant_builder(kernel_name: str):
+    """The builder registered for a Triton function name, or None."""
+    return _VARIANT_BUILDERS.get(kernel_name)
+
+
 def kernel_signature(fn, element: str, fp32_pointers=()) -> dict:
     """Triton types of a kernel's arguments, read from its Python signature (which works for the
     interpreter's wrapper too): constexpr annotations, pointers named *_ptr (to ``element``, or fp32

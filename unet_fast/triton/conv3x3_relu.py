@@ -176,6 +176,8 @@ def _forward(x, weight, bias, skip, relu, pool, precision):
         )
     pooled_arg = y if pooled is None else pooled
     m = batch * out_h * out_w
+    if m == 0:  # an empty batch: empty outputs, no launch
+        return y, pooled
     grid = lambda meta: gemm_grid(m, c_out, meta["BLOCK_M"], meta["BLOCK_N"])  # noqa: E731
     FORWARD.launch(
         grid,

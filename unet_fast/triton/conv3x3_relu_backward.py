@@ -210,6 +210,8 @@ def _pre_activation_grad(grad_y, grad_pooled, y, relu):
     g = torch.empty_like(y)
     grad_y_arg = y if grad_y is None else nhwc(grad_y)
     windows = batch * pooled_h * pooled_w
+    if windows == 0:  # an empty batch
+        return g, False
     grid = (triton.cdiv(windows, POOL_GRAD_TILE["BLOCK_W"]), triton.cdiv(channels, POOL_GRAD_TILE["BLOCK_C"]))
     _pool_relu_grad_kernel[grid](
         grad_y_arg, grad_pooled, y, g, windows, channels, pooled_h, pooled_w,
@@ -283,7 +285,10 @@ def _backward(grad_y, grad_pooled, x, skip, weight, y, relu, pool, needs_input_g
     g_strides = nhw_strides(g)
 
     grad_x = grad_skip = grad_weight = grad_bias = None
-    if need_x or need_skip:
+    if (need_x or need_skip) and batch == 0:  # empty gradients of the empty inputs
+        grad_x = torch.empty_like(x) if need_x else None
+        grad_skip = torch.empty_like(skip_nhwc) if need_skip else None
+    elif need_x or need_skip:
         # the ReLU-masked gradient correlated with the flipped weights: the [9 * C_out, C_in] matrix
         packed = weight_operand(weight.permute(2, 3, 0, 1).reshape(9 * c_out, c_in), precision)
         grad_x = torch.empty(x.shape, device=x.device, dtype=x.dtype, memory_format=torch.channels_last) if need_x else None
@@ -303,7 +308,10 @@ def _backward(grad_y, grad_pooled, x, skip, weight, y, relu, pool, needs_input_g
             *g_strides, *nhw_strides(grad_x_arg), *nhw_strides(grad_skip_arg), *packed.stride(),
             HAS_SKIP=grad_skip is not None, MASK_RELU=mask_on_load, dtype=x.dtype, INPUT_PRECISION=precision,
         )
-    if need_weight or need_bias:
+    if (need_weight or need_bias) and batch == 0:  # no pixels: zero gradients, no split to divide by
+        grad_weight = torch.zeros_like(weight) if need_weight else None
+        grad_bias = weight.new_zeros(c_out) if need_bias else None
+    elif need_weight or need_bias:
         m = batch * out_h * out_w
         nominal_tile = 64
         base_programs = 9 * (triton.cdiv(c0, nominal_tile) + triton.cdiv(c1, nominal_tile)) * triton.cdiv(c_out, nominal_tile)

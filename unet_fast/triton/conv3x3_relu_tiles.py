@@ -1,6 +1,6 @@
-"""Launch tiles of the fused 3x3 conv kernels (``conv3x3_relu`` and ``conv3x3_relu_backward``), how
-one is picked (autotuned, the interpreter's, or the first with UNET_FAST_AUTOTUNE=0), the launch
-grid and the int32 index-range check, and the kernels' ahead-of-time registration.
+"""Launch tiles of the fused 3x3 conv kernels (``conv3x3_relu`` and ``conv3x3_relu_backward``; how
+one is picked is ``unet_fast.triton.autotune``'s), the launch grid and the int32 index-range check,
+and the kernels' ahead-of-time registration.
 
 Tiles: one named list per operand class (``operand_class``), the first being the default; at most
 4 warps, since Triton convs are reported to miscompile at 8 (inductor caps its conv template at
@@ -9,21 +9,12 @@ them and reads the spills).
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import triton
 
-from unet_fast.triton.aot import DEFAULT_SPILL_BUDGET, KernelConfig, kernel_signature, register
-from unet_fast.triton.runtime import (
-    INT32_MAX,
-    autotune_configs,
-    autotune_enabled,
-    check_pixels,
-    pixel_rows,
-    time_ms,
-    triton_interpreting,
-)
+from unet_fast.triton.aot import DEFAULT_SPILL_BUDGET, KernelConfig, kernel_signature, register, register_variant_builder
+from unet_fast.triton.autotune import TunedKernel, operand_class
+from unet_fast.triton.runtime import INT32_MAX, check_pixels, pixel_rows
 
 
 def _tiles(names, *rows):
@@ -50,61 +41,10 @@ WGRAD_TILES = {
 }
 # (windows, channels) per program of the pool-gradient pass: 8 elements per thread, 128-byte rows
 POOL_GRAD_TILE = {"BLOCK_W": 16, "BLOCK_C": 64, "num_warps": 4, "num_stages": 1}
-# the interpreter runs one program at a time in numpy: few, moderately sized programs are fastest
-_INTERPRETER_TILES = {"gemm": {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 16},
-                      "wgrad": {"BLOCK_CI": 32, "BLOCK_CO": 32, "BLOCK_M": 64}}
 # 16-bit 128-row tiles hold a 128-row fp32 accumulator in 4 warps: the reshape of the pool epilogue
 # and sm_80's mma.sync fragments spill up to about 200 B per thread (to L1), which these tiles are
 # worth; every other configuration keeps to the default budget.
 _WIDE_TILE_SPILL_BUDGET = 256
-
-
-def operand_class(dtype: torch.dtype, input_precision: str) -> str:
-    """Which tile list serves a dot: "16bit" (fp16/bf16 operands), "tf32" or "ieee" (fp32 operands)."""
-    if dtype in (torch.float16, torch.bfloat16):
-        return "16bit"
-    return "tf32" if input_precision == "tf32" else "ieee"
-
-
-class TunedKernel:
-    """A GEMM kernel with its tile lists: ``launch`` runs it autotuned on a GPU (one autotuner per
-    operand class, keyed on ``key``), else with ``fixed_tile``."""
-
-    def __init__(self, kernel, tiles: dict, key: list[str], family: str):
-        self.kernel, self.tiles, self.family = kernel, tiles, family
-        self._pinned = None
-        self._tuned = {
-            klass: triton.autotune(configs=autotune_configs(tile_list), key=key, do_bench=time_ms)(kernel)
-            for klass, tile_list in tiles.items()
-        }
-
-    def fixed_tile(self, klass: str) -> dict | None:
-        """The tile when not autotuned: the interpreter's under TRITON_INTERPRET=1 (no timing there),
-        the class's first with UNET_FAST_AUTOTUNE=0; None means autotune."""
-        if self._pinned is not None:
-            return dict(self._pinned)
-        if triton_interpreting():
-            return dict(_INTERPRETER_TILES[self.family])
-        if autotune_enabled():
-            return None
-        return dict(self.tiles[klass][0])
-
-    @contextlib.contextmanager
-    def pinned(self, tile: dict):
-        """Every launch inside runs ``tile`` (one of ``tiles``' entries): the tile sweep's tests."""
-        self._pinned = tile
-        try:
-            yield
-        finally:
-            self._pinned = None
-
-    def launch(self, grid, *args, dtype: torch.dtype, INPUT_PRECISION: str, **constexprs) -> None:
-        klass = operand_class(dtype, INPUT_PRECISION)
-        tile = self.fixed_tile(klass)
-        if tile is None:
-            self._tuned[klass][grid](*args, INPUT_PRECISION=INPUT_PRECISION, **constexprs)
-        else:
-            self.kernel[grid(tile)](*args, INPUT_PRECISION=INPUT_PRECISION, **constexprs, **tile)
 
 
 def gemm_grid(rows: int, cols: int, block_m: int, block_n: int) -> tuple[int, int]:
@@ -165,34 +105,54 @@ def _aligned_ints(signature: dict) -> tuple:
     return tuple(n for n, kind in signature.items() if kind == "i32" and n[0] in "sC")
 
 
+def gemm_configs(name: str, tuned: TunedKernel, precision: str, variants, fp32_pointers=(), ones=(),
+                 unaligned=()) -> list[KernelConfig]:
+    """KernelConfigs of a GEMM kernel in one operand ``precision`` for ``variants``, a list of (tile,
+    flags); ``ones``: integer arguments the launch passes as 1 (compiled as constants),
+    ``unaligned``: integer arguments it passes that are not multiples of 16."""
+    element, input_precision = _AOT_PRECISIONS[precision]
+    klass = operand_class(_AOT_DTYPES[element], input_precision)
+    signature = kernel_signature(tuned.kernel, element, fp32_pointers)
+    # the weight matrix's unit stride, which Triton's runtime compiles as a constant
+    unit_stride = {} if "swk" not in signature else {"swk": 1} if klass == "tf32" else {"swn": 1}
+    constants = {**unit_stride, **dict.fromkeys(ones, 1)}
+    signature.update(dict.fromkeys(constants, "constexpr"))
+    aligned_ints = tuple(n for n in _aligned_ints(signature) if n not in unaligned)
+    # sm_90's tf32 wgmma wants K-major operands; the weight gradient's are pixel-major
+    copy_width = None if klass == "tf32" and name == "conv3x3_wgrad" else 16
+    if ones or unaligned:  # a layer whose rows are not all 16-byte aligned (the 1-channel first layer)
+        copy_width = None
+    configs = []
+    for tile, flags in variants:
+        blocks = {k: v for k, v in tile.items() if k.startswith("BLOCK")}
+        rows = next(iter(blocks.values()))  # the dot's M tile: pixels, or wgrad's input channels
+        constexprs = {**blocks, **flags, "INPUT_PRECISION": input_precision}
+        special = " ".join(f"{n}=1" for n in ones if n not in unit_stride)
+        configs.append(KernelConfig(
+            kernel=name, fn=tuned.kernel, signature=signature, constexprs={**constexprs, **constants},
+            precision=precision, block_m=rows,
+            num_warps=tile["num_warps"], num_stages=tile["num_stages"], aligned_ints=aligned_ints,
+            spill_budget=_WIDE_TILE_SPILL_BUDGET if klass == "16bit" and rows >= 128 else DEFAULT_SPILL_BUDGET,
+            copy_width=copy_width,
+            label=" ".join(f"{k}={v}" for k, v in constexprs.items() if k != "INPUT_PRECISION")
+            + f" w={tile['num_warps']} s={tile['num_stages']}" + (f" {special}" if special else ""),
+        ))
+    return configs
+
+
 def register_gemm_configs(name: str, tuned: TunedKernel, flag_sets: tuple, fp32_pointers=()) -> None:
     """Registers every tile of a GEMM kernel with the main flag set (the first) and the default tile
-    with each other flag set, for each operand precision."""
+    with each other flag set, for each operand precision; and the builder ``aot_check --variants
+    launched`` calls with the flag sets the model launches (``unet_fast.tools.launch_trace``)."""
     for precision, (element, input_precision) in _AOT_PRECISIONS.items():
-        klass = operand_class(_AOT_DTYPES[element], input_precision)
-        tiles = tuned.tiles[klass]
-        signature = kernel_signature(tuned.kernel, element, fp32_pointers)
-        aligned_ints = _aligned_ints(signature)
-        # the weight matrix's unit stride, which Triton's runtime compiles as a constant
-        unit_stride = {} if "swk" not in signature else {"swk": 1} if klass == "tf32" else {"swn": 1}
-        signature.update(dict.fromkeys(unit_stride, "constexpr"))
-        # sm_90's tf32 wgmma wants K-major operands; the weight gradient's are pixel-major
-        copy_width = None if klass == "tf32" and name == "conv3x3_wgrad" else 16
+        tiles = tuned.tiles[operand_class(_AOT_DTYPES[element], input_precision)]
         variants = [(tile, flag_sets[0]) for tile in tiles] + [(tiles[0], flags) for flags in flag_sets[1:]]
-        for tile, flags in variants:
-            blocks = {k: v for k, v in tile.items() if k.startswith("BLOCK")}
-            rows = next(iter(blocks.values()))  # the dot's M tile: pixels, or wgrad's input channels
-            constexprs = {**blocks, **flags, "INPUT_PRECISION": input_precision}
-            register(KernelConfig(
-                kernel=name, fn=tuned.kernel, signature=signature, constexprs={**constexprs, **unit_stride},
-                precision=precision, block_m=rows,
-                num_warps=tile["num_warps"], num_stages=tile["num_stages"],
-                aligned_ints=tuple(n for n in aligned_ints if n not in unit_stride),
-                spill_budget=_WIDE_TILE_SPILL_BUDGET if klass == "16bit" and rows >= 128 else DEFAULT_SPILL_BUDGET,
-                copy_width=copy_width,
-                label=" ".join(f"{k}={v}" for k, v in constexprs.items() if k != "INPUT_PRECISION")
-                + f" w={tile['num_warps']} s={tile['num_stages']}",
-            ))
+        register(*gemm_configs(name, tuned, precision, variants, fp32_pointers))
+
+    def launched(precision: str, flags: dict, ones: tuple, unaligned: tuple, tiles: list[dict]) -> list[KernelConfig]:
+        return gemm_configs(name, tuned, precision, [(tile, flags) for tile in tiles], fp32_pointers, ones, unaligned)
+
+    register_variant_builder(tuned.name, launched)
 
 
 def register_pointwise_config(name: str, kernel, constexprs: dict, tile: dict) -> None:

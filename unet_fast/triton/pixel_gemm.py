@@ -172,6 +172,8 @@ def pixel_gemm(a: torch.Tensor, a_scale: int, b: torch.Tensor, out: torch.Tensor
     rows = pixel_rows(a, a_scale)
     depth, cols = a.shape[1] * a_scale**2, out.shape[1] * out_scale**2
     check_pixels(rows)
+    if rows == 0:  # an empty batch: nothing to write
+        return out
     channels_contiguous = a.stride(1) == 1 and out.stride(1) == 1
     tile = GEMM_TILES[gemm_tile_name(rows, depth, cols, channels_contiguous, a.dtype, input_precision)]
     grid = (triton.cdiv(rows, tile["BLOCK_M"]), triton.cdiv(cols, tile["BLOCK_Q"]))
@@ -194,6 +196,8 @@ def pixel_gemm_wgrad(a: torch.Tensor, a_scale: int, g: torch.Tensor, g_scale: in
     rows = pixel_rows(a, a_scale)
     check_pixels(rows)
     out_rows, out_cols = a.shape[1] * a_scale**2, g.shape[1] * g_scale**2
+    if rows == 0:  # an empty batch: no pixels, a zero gradient (and no zero-sized split to divide by)
+        return torch.zeros((out_rows, out_cols), device=a.device, dtype=torch.float32)
     tile = WGRAD_TILES["fp32" if _on_fma_units(a.dtype, input_precision) else "tensor-core"]
     tiles = triton.cdiv(out_rows, tile["BLOCK_R"]) * triton.cdiv(out_cols, tile["BLOCK_Q"])
     splits = max(1, min(triton.cdiv(rows, 4 * tile["BLOCK_M"]), triton.cdiv(WGRAD_TARGET_PROGRAMS, tiles)))

@@ -7,7 +7,6 @@
 - ``MAX_PIXELS`` / ``pixel_rows`` / ``check_pixels``: the one int32 pixel-index limit of the GEMM kernels.
 - ``weight_operand``: the one K-major/N-major layout rule of a GEMM's weight matrix.
 - ``check_crop``: the center-crop offset of x inside skip, shared with the ops' validation.
-- ``autotune_configs``: launch tiles (dicts of BLOCK_* sizes, num_warps, num_stages) as triton.Configs.
 """
 from __future__ import annotations
 
@@ -91,15 +90,3 @@ def check_crop(skip_shape, x_shape) -> tuple[int, int]:
             f"amount on each axis to be center-cropped to it (differences {dh}, {dw})"
         )
     return dh // 2, dw // 2
-
-
-def autotune_configs(tiles) -> list:
-    """``triton.Config`` objects of launch tiles: dicts of block sizes by constexpr name plus
-    ``num_warps`` and ``num_stages``, the one tile style of every kernel of the package."""
-    import triton
-
-    return [
-        triton.Config({k: v for k, v in t.items() if k not in ("num_warps", "num_stages")},
-                      num_warps=t["num_warps"], num_stages=t["num_stages"])
-        for t in tiles
-    ]
