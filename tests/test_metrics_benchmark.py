@@ -1,4 +1,4 @@
-"""benchmarks/bench_isbi.py's logic (unet_fast.benchmark.isbi) on a tiny image folder: the report
+"""benchmarks/bench_em_report.py's logic (unet_fast.benchmark.em_report) on a tiny image folder: the report
 states the split, the paper's figures and where they come from, and scores what it predicted."""
 import json
 
@@ -30,7 +30,7 @@ def folder(tmp_path):
 
 
 def test_report_and_speed_on_a_tiny_folder(folder, capsys):
-    from unet_fast.benchmark.isbi import PAPER_TABLE_1, main
+    from unet_fast.benchmark.em_report import PAPER_TABLE_1, main
 
     out = folder / "isbi.json"
     assert main(["--data", str(folder), "--steps", "1", "--base-channels", "2", "--depth", "2", "--tile-size", "44",
@@ -54,7 +54,7 @@ def test_report_and_speed_on_a_tiny_folder(folder, capsys):
 
 
 def test_a_missing_data_directory_is_a_clear_exit(tmp_path):
-    from unet_fast.benchmark.isbi import main
+    from unet_fast.benchmark.em_report import main
 
     with pytest.raises(SystemExit, match="is not a directory"):
         main(["--data", str(tmp_path / "nothing"), "--steps", "1"])

@@ -2,9 +2,9 @@
 slices, and score them with the paper's three metrics next to its Table 1; and the metrics' speed
 on a 512x512 slice against scikit-image.
 
-    python benchmarks/bench_isbi.py [--data ../shared/data/isbi2012] [--steps 120] [--checkpoint DIR]
-                                    [--json benchmarks/results/cpu/isbi.json]
-    python benchmarks/bench_isbi.py --speed [--json benchmarks/results/cpu/metrics_speed.json]
+    python benchmarks/bench_em_report.py [--data ../shared/data/isbi2012] [--steps 120] [--checkpoint DIR]
+                                    [--json benchmarks/results/cpu/em_report.json]
+    python benchmarks/bench_em_report.py --speed [--json benchmarks/results/cpu/metrics_speed.json]
 
 The default training (120 steps of a depth-4, 8-channel network on 188 px tiles, the recipe of
 ``unet-fast train`` otherwise) takes minutes on 2 CPU cores; the paper's is far larger and longer.
@@ -163,7 +163,7 @@ def _print_report(result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench_isbi.py", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="bench_em_report.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="directory with images/ and labels/")
     parser.add_argument("--speed", action="store_true", help="time the metrics on a 512x512 slice instead")
     # Small enough for a few minutes on 2 shared CPU cores; the paper's network is depth 5, 64 channels, 572 px.
