@@ -70,7 +70,12 @@ compat-check: $(OLDEST_STAMP)
 OLDEST_SOURCES := csrc unet_fast tests benchmarks requirements setup.py pyproject.toml CMakeLists.txt README.md
 SYNC_OLDEST_TREE = mkdir -p $(OLDEST_TREE) && (cd $(OLDEST_TREE) && find $(OLDEST_SOURCES) -type f -not -name '*.so' \
 	-not -path unet_fast/_build_info.py -delete 2>/dev/null; true) && tar -c --exclude='*.so' --exclude=__pycache__ \
-	--exclude=unet_fast/_build_info.py $(OLDEST_SOURCES) | tar -x -C $(OLDEST_TREE)
+	--exclude=unet_fast/_build_info.py $(OLDEST_SOURCES) | tar -x -C $(OLDEST_TREE) \
+	&& $(RECORD_OLDEST_COMMIT)
+# The copy has no .git: its COMMIT file tells benchmarks and first-contact which commit they ran (see
+# unet_fast/benchmark/environment.py), with -dirty when tracked files differ from it.
+RECORD_OLDEST_COMMIT = { commit=$$(git rev-parse HEAD 2>/dev/null) && { git diff --quiet HEAD -- 2>/dev/null || commit=$$commit-dirty; } \
+	&& echo $$commit > $(OLDEST_TREE)/COMMIT || rm -f $(OLDEST_TREE)/COMMIT; }
 
 $(OLDEST_DEPS_STAMP): requirements/dev.txt $(CONSTRAINTS) $(OLDEST_CONSTRAINTS)
 	test -x $(OLDEST_VENV)/bin/python || $(PYTHON) -m venv $(OLDEST_VENV)
