@@ -59,7 +59,9 @@ def conv3x3_relu(
     Returns:
         y (N, C_out, H - 2, W - 2), or (y, pooled) with pooled (N, C_out, (H - 2)/2, (W - 2)/2) when
         pool=True; channels_last, x's dtype (the autocast dtype under torch.autocast). Differentiable
-        in x, skip, weight and bias; each gradient comes back in its input's dtype. fp32 inputs use
+        in x, skip, weight and bias; each gradient comes back in its input's dtype. The ReLU's
+        gradient is PyTorch's (``threshold_backward``: zero where y <= 0, passed where y is NaN) and
+        the pool's goes to each window's first maximum (or NaN), on every backend. fp32 inputs use
         TF32 exactly when PyTorch's convolution would (``conv_allows_tf32()``).
 
     Under torch.autocast x, skip and bias are cast to the autocast dtype (float64 stays as it is, as
@@ -150,8 +152,8 @@ def composite_backward(grad_y, grad_pooled, x, skip, weight, y, *, relu: bool, n
         _, indices = torch.ops.aten.max_pool2d_with_indices(y, [2, 2], [2, 2])
         g = g + torch.ops.aten.max_pool2d_with_indices_backward(
             grad_pooled, y, [2, 2], [2, 2], [0, 0], [1, 1], False, indices)
-    if relu:
-        g = torch.where(y > 0, g, torch.zeros_like(g))
+    if relu:  # PyTorch's threshold_backward rule: zero where y <= 0, so a NaN y passes the gradient
+        g = torch.where(y <= 0, torch.zeros_like(g), g)
     inputs = x if skip is None else center_crop_concat(skip, x)
     need_x, need_skip, need_weight, need_bias = needs_input_grad
     need_inputs = need_x or need_skip
