@@ -28,7 +28,7 @@ from unet_fast.inference.geometry import ChunkPlan
 from unet_fast.inference.sinks import ZarrSink, check_tiff_output, is_tiff_path, partial_store, zarr_labels_to_bigtiff
 from unet_fast.inference.sources import open_source
 from unet_fast.inference.tiling import (DIHEDRAL, _check_int, _inverse_transform, _model_config, _smallest_tile, _unwrap,
-                                        context_margin, default_tile_size)
+                                        context_margin, default_tile_size, model_device)
 
 PREFETCH = 2  # batches queued between the reader, the model and the writer
 # Tiles per forward pass. On CPU a batch of 4 tiles of 572 px through UNet(base_channels=2, depth=2)
@@ -191,8 +191,9 @@ def predict_large(model, source, out, *, tile_size: int | None = None, batch_siz
             ``group``) or a ``.tif``/``.tiff`` path for a BigTIFF of the labels.
         tile_size, batch_size: largest tile edge (default as ``predict_tiled``) and tiles per pass (4; 2 on CPU).
         tta: average over the 8 flips and rotations, each in its own aligned frame (as ``predict_tiled``).
-        amp: None, "bf16" or "fp16" autocast. device: default the model's. channels_last: feed
-            channels-last batches (convert the model yourself).
+        amp: None, "bf16" or "fp16" autocast. device: the model's parameters' (the default; a
+            device given must be that one). channels_last: feed channels-last batches (convert the
+            model yourself).
         resume: finish an interrupted run, skipping recorded chunks; overwrite: replace an output.
         progress: a tqdm bar on rank 0 (tiles, tiles/s, megapixels/s, ETA).
 
@@ -205,20 +206,18 @@ def predict_large(model, source, out, *, tile_size: int | None = None, batch_siz
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
     if amp not in (None, *AMP_DTYPES):
         raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
-    parameter = next(iter(model.parameters()), None)
-    device = torch.device(device) if device is not None else (parameter.device if parameter is not None
-                                                              else torch.device("cpu"))
+    device = model_device(model, device)
     if batch_size is None:
         batch_size = DEFAULT_BATCH_SIZE.get(device.type, 4)
     _check_int("batch_size", batch_size, 1)
     src = open_source(source, in_channels=config["in_channels"], layout=layout, channel_axis=channel_axis)
     stack, channels, height, width = src.shape
     if channels != config["in_channels"]:
-        raise ValueError(f"{src.name} has {channels} channel(s) (layout {src.layout}) but the model takes "
+        raise ValueError(f"source {src.name} has {channels} channel(s) (layout {src.layout}) but the model takes "
                          f"{config['in_channels']}; give layout/channel_axis if the axes were misread")
     tiff_out = is_tiff_path(out)
     if tiff_out and probs:
-        raise ValueError(f"{out}: a TIFF output holds the labels only; write probabilities to a .zarr output")
+        raise ValueError(f"probs=True needs a .zarr output: {out} is a TIFF, which holds the labels only")
     if not tiff_out and Path(out).suffix.lower() != ".zarr":
         raise ValueError(f"out must be a .zarr store or a .tif/.tiff path, got {out}")
 
