@@ -9,7 +9,8 @@ band of the source plus ``PREFETCH`` batches of tiles and the model, whatever th
 (measured in benchmarks/bench_large_inference.py).
 
 Under ``torch.distributed`` (``torchrun``) every rank takes a contiguous share of the chunks, so no
-two ranks write one chunk; rank 0 creates the store and finishes it.
+two ranks write one chunk; rank 0 creates the store and finishes it. With ``distributed=False`` a
+rank predicts the whole source alone (the ``predict`` command's rule when the ranks divide whole files).
 """
 from __future__ import annotations
 
@@ -177,7 +178,7 @@ def predict_large(model, source, out, *, tile_size: int | None = None, batch_siz
                   tta: bool = False, probs: bool = False, amp: str | None = None, device=None,
                   resume: bool = False, overwrite: bool = False, progress: bool = True,
                   group: str | None = None, layout: str | None = None, channel_axis: int | None = None,
-                  channels_last: bool = False) -> dict:
+                  channels_last: bool = False, distributed: bool = True) -> dict:
     """Segment ``source`` tile by tile into ``out`` without holding the image or its output in memory.
 
     Args:
@@ -195,12 +196,15 @@ def predict_large(model, source, out, *, tile_size: int | None = None, batch_siz
             channels-last batches (convert the model yourself).
         resume: finish an interrupted run, skipping recorded chunks; overwrite: replace an output.
         progress: a tqdm bar on rank 0 (tiles, tiles/s, megapixels/s, ETA).
+        distributed: under ``torch.distributed``, divide the chunks among the ranks (every rank must
+            call with the same arguments); False: this process writes the whole output alone.
 
     Returns:
         ``{"tiles", "chunks", "seconds", "megapixels_per_s", "out"}`` for this rank's share.
     """
     config = _model_config(model)
-    for name, flag in (("tta", tta), ("probs", probs), ("resume", resume), ("overwrite", overwrite)):
+    for name, flag in (("tta", tta), ("probs", probs), ("resume", resume), ("overwrite", overwrite),
+                       ("distributed", distributed)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
     if amp not in (None, *AMP_DTYPES):
@@ -227,7 +231,7 @@ def predict_large(model, source, out, *, tile_size: int | None = None, batch_siz
     transforms = DIHEDRAL if tta else DIHEDRAL[:1]
     plan = ChunkPlan(height, width, tile_cap=tile_cap, margin=context_margin(depth, padding, config["up_mode"]),
                      border=shapes.border(depth, padding), depth=depth, padding=padding, transforms=transforms)
-    rank, world = _rank_and_world()
+    rank, world = _rank_and_world() if distributed else (0, 1)
     if tiff_out and rank == 0:
         check_tiff_output(out, resume, overwrite)
     store = partial_store(out) if tiff_out else Path(out)
