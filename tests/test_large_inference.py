@@ -261,3 +261,22 @@ def test_more_than_256_classes_give_uint16_labels(tmp_path):
     group = zarr.open_group(str(tmp_path / "o.zarr"), mode="r")
     assert group["labels"].dtype == np.uint16 and labels.max() > 255
     assert_matches(group, probs, labels)
+
+
+def test_minmax_normalisation_matches_the_training_loader(tmp_path):
+    from unet_fast.data.folder import normalize_image
+
+    model = kaiming_unet(num_classes=2)
+    rng = np.random.default_rng(10)  # 12-bit-like data in 16-bit pixels, a different range per slice
+    stack = np.stack([rng.integers(1000, 5000, (600, 40)), rng.integers(0, 300, (600, 40))]).astype(np.uint16)
+    predict_large(model, stack, tmp_path / "s.zarr", tile_size=80, probs=True, layout="ZYX", normalize="minmax",
+                  progress=False)  # 600 rows: the min/max pass reads several bands
+    group = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
+    for z in range(2):
+        expected = tiled_reference(model, normalize_image(stack[z], "slice", "minmax"), tile_size=80)
+        assert_matches({"probs": group["probs"][z], "labels": group["labels"][z]}, *expected)
+    with pytest.raises(ValueError, match="normalize"):  # resumed with another normalisation
+        predict_large(model, stack, tmp_path / "s.zarr", tile_size=80, probs=True, layout="ZYX", resume=True,
+                      progress=False)
+    with pytest.raises(ValueError, match="normalize must be one of"):
+        predict_large(model, stack, tmp_path / "x.zarr", normalize="percentile", progress=False)

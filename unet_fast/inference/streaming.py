@@ -101,7 +101,7 @@ def _model_digest(model) -> str:
 def _window(band: np.ndarray, band_origin: tuple[int, int], job, source) -> np.ndarray:
     """The job's normalised, mirror-padded input (C, tile_h, tile_w) in the transformed frame."""
     rows, cols = job.rows - band_origin[0], job.cols - band_origin[1]
-    window = source.normalize(band[:, rows][:, :, cols])
+    window = source.normalize(band[:, rows][:, :, cols], job.chunk[0])
     window[:, ~job.rows_valid] = 0
     window[:, :, ~job.cols_valid] = 0
     return np.ascontiguousarray(window.transpose(0, 2, 1)) if job.transpose else window
@@ -156,7 +156,8 @@ class _ChunkAssembler:
 
 
 def _settings(model, config, source, plan, tile_cap, tta, probs, amp) -> dict:
-    return {"source_shape": list(source.shape), "layout": source.layout, "tile_cap": tile_cap,
+    return {"source_shape": list(source.shape), "layout": source.layout, "normalize": source.normalize_mode,
+            "tile_cap": tile_cap,
             "chunks": list(plan.chunk_shape), "tta": tta, "probs": probs, "amp": amp,
             "num_classes": config["num_classes"], "model": _model_digest(model)}
 
@@ -178,7 +179,7 @@ def predict_large(model, source, out, *, tile_size: int | None = None, batch_siz
                   tta: bool = False, probs: bool = False, amp: str | None = None, device=None,
                   resume: bool = False, overwrite: bool = False, progress: bool = True,
                   group: str | None = None, layout: str | None = None, channel_axis: int | None = None,
-                  channels_last: bool = False, distributed: bool = True) -> dict:
+                  normalize: str = "dtype", channels_last: bool = False, distributed: bool = True) -> dict:
     """Segment ``source`` tile by tile into ``out`` without holding the image or its output in memory.
 
     Args:
@@ -187,7 +188,8 @@ def predict_large(model, source, out, *, tile_size: int | None = None, batch_siz
             (its full-resolution level), a NumPy (memmap) array or any array-like with ``shape``,
             ``dtype`` and slicing; (H, W), (C, H, W), (H, W, C) or stacks (Z, H, W), (Z, C, H, W),
             (Z, H, W, C). Ambiguous shapes need ``layout`` (e.g. ``"ZYX"``) or ``channel_axis``.
-            Integers are normalised as in training (8-bit / 255, 16-bit / 65535).
+            ``normalize`` as the training loader's: "dtype" (8-bit / 255, 16-bit / 65535) or
+            "minmax" (each slice by its own range, at the cost of one more pass over it).
         out: a ``.zarr`` path (``labels`` and, with ``probs``, float16 ``probs`` at the root or in
             ``group``) or a ``.tif``/``.tiff`` path for a BigTIFF of the labels.
         tile_size, batch_size: largest tile edge (default as ``predict_tiled``) and tiles per pass (4; 2 on CPU).
@@ -215,7 +217,8 @@ def predict_large(model, source, out, *, tile_size: int | None = None, batch_siz
     if batch_size is None:
         batch_size = DEFAULT_BATCH_SIZE.get(device.type, 4)
     _check_int("batch_size", batch_size, 1)
-    src = open_source(source, in_channels=config["in_channels"], layout=layout, channel_axis=channel_axis)
+    src = open_source(source, in_channels=config["in_channels"], layout=layout, channel_axis=channel_axis,
+                      normalize=normalize)
     stack, channels, height, width = src.shape
     if channels != config["in_channels"]:
         raise ValueError(f"{src.name} has {channels} channel(s) (layout {src.layout}) but the model takes "
