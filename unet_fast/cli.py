@@ -129,7 +129,9 @@ def _predict_parser(sub) -> None:
     p.add_argument("--out", required=True, help="output directory, or an X.zarr store")
     p.add_argument("--tta", action="store_true", help="average over flips and 90-degree rotations")
     p.add_argument("--probs", action="store_true", help="also write class probabilities")
-    p.add_argument("--tile-size", type=int, default=None, help="largest tile edge (default: the largest valid size <= 572)")
+    p.add_argument("--tile-size", type=int, default=None,
+                   help="largest tile edge (default: the largest valid size <= 572, or <= 2048 when streaming on "
+                   "CUDA, whose activations fit the free device memory)")
     p.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass (default 4; 2 when streaming on CPU)")
     p.add_argument("--amp", default=None, choices=("bf16", "fp16"), help="autocast dtype for streamed prediction")
     p.add_argument("--resume", action="store_true", help="finish an interrupted streamed prediction")
