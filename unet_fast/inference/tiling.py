@@ -101,15 +101,15 @@ def free_device_memory(device: torch.device) -> int | None:
 
 
 def default_tile_size(model: nn.Module, batch_size: int = 4, device: torch.device | None = None,
-                      dtype: torch.dtype | None = None) -> int:
+                      dtype: torch.dtype | None = None, cap: int = DEFAULT_TILE_SIZE) -> int:
     """The tile edge ``predict_tiled`` uses when none is given: the largest valid input size up to
-    ``DEFAULT_TILE_SIZE`` (572) whose :func:`tile_activation_bytes` for ``batch_size`` tiles fits
+    ``cap`` (572) whose :func:`tile_activation_bytes` for ``batch_size`` tiles fits
     ``MEMORY_FRACTION`` of the device's free memory (CUDA only; elsewhere the size cap alone), and
     never smaller than the smallest usable tile. ``device``/``dtype``: default the model's."""
     config = _model_config(model)
     depth, padding = config["depth"], config["padding"]
     smallest = _smallest_tile(depth, padding, context_margin(depth, padding, config["up_mode"]))
-    largest = max(shapes.largest_valid_input_size(DEFAULT_TILE_SIZE, depth, padding) or 0, smallest)
+    largest = max(shapes.largest_valid_input_size(cap, depth, padding) or 0, smallest)
     parameter = next(iter(model.parameters()), None)
     if device is None:
         device = parameter.device if parameter is not None else torch.device("cpu")
