@@ -19,30 +19,31 @@ from unet_fast import _ext
 HAS_KERNEL = _ext._C is not None and hasattr(torch.ops.unet_fast, "relu_pool_backward")
 
 
-def relu_pool_backward(y: torch.Tensor, grad_y: torch.Tensor | None,
-                       grad_pooled: torch.Tensor | None) -> torch.Tensor:
+def relu_pool_backward(y: torch.Tensor, grad_y: torch.Tensor | None, grad_pooled: torch.Tensor | None, *,
+                       relu: bool = True) -> torch.Tensor:
     """``where(y <= 0, 0, grad_y + max_pool2d_backward(grad_pooled, y))``; an absent term counts as zero.
 
     Args:
         y: (N, C, H, W), the ReLU's output.
         grad_y: y's shape, or None.
         grad_pooled: (N, C, H // 2, W // 2) for pooled = max_pool2d(y, 2), or None.
+        relu: False for a conv without ReLU (y is then the conv's output): no mask, the composite.
     Returns:
         (N, C, H, W) in y's dtype and memory format. Internal (no validation beyond the kernel's own
         checks, no autograd): called inside the block ops' backward.
     """
-    if HAS_KERNEL and y.device.type == "cpu":
+    if relu and HAS_KERNEL and y.device.type == "cpu":
         return torch.ops.unet_fast.relu_pool_backward(y, grad_y, grad_pooled)
-    return _composite(y, grad_y, grad_pooled)
+    return _composite(y, grad_y, grad_pooled, relu)
 
 
-def _composite(y, grad_y, grad_pooled):
+def _composite(y, grad_y, grad_pooled, relu=True):
     grad = torch.zeros_like(y) if grad_y is None else grad_y
-    if grad_pooled is not None:
+    if grad_pooled is not None:  # routed to each window's argmax, recomputed from y (PyTorch's tie rule)
         _, indices = torch.ops.aten.max_pool2d_with_indices(y, [2, 2], [2, 2])
         grad = grad + torch.ops.aten.max_pool2d_with_indices_backward(grad_pooled, y, [2, 2], [2, 2], [0, 0], [1, 1],
                                                                       False, indices)
-    return torch.ops.aten.threshold_backward(grad, y, 0)
+    return torch.ops.aten.threshold_backward(grad, y, 0) if relu else grad
 
 
 def _fake(y, grad_y, grad_pooled):
