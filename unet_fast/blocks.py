@@ -172,6 +172,7 @@ def _encoder_setup_context(ctx, inputs, output) -> None:
     source, pooled, w1, b1, w2, b2, emit_pool, recompute, backend = inputs
     y1, y2, _ = output
     ctx.save_for_backward(source, None if recompute else y1, y2, w1, b1, w2, b2)
+    ctx.set_materialize_grads(False)  # y1 (and often p) get no gradient: no zero tensors to fill and add
     ctx.has_pooled_input, ctx.emit_pool, ctx.backend = pooled is not None, emit_pool, backend
 
 
@@ -261,6 +262,7 @@ def _decoder_setup_context(ctx, inputs, output) -> None:
     x, skip, up_w, up_b, w1, b1, w2, b2, recompute, backend = inputs
     y1, y2 = output
     ctx.save_for_backward(x, skip, None if recompute else y1, y2, up_w, up_b, w1, b1, w2, b2)
+    ctx.set_materialize_grads(False)  # y1 gets no gradient: no zero tensor to fill and add
     ctx.backend = backend
 
 

@@ -147,7 +147,7 @@ class UNet(ReferenceUNet):
         h, pooled, skips = (x.to(dtype) if encoder_fused else x), None, []
         cpu_layout = self._cpu_layout(x) if backend == "torch" and encoder_fused and decoder_fused else None
         if cpu_layout is not None:
-            h = h.contiguous(memory_format=cpu_layout)
+            h = _in_layout(h, cpu_layout)
         for level, block in enumerate(self.encoder):
             bottom = level == self.depth - 1
             if encoder_fused:
@@ -188,7 +188,16 @@ class UNet(ReferenceUNet):
         if x.device.type != "cpu":
             return None
         training = torch.is_grad_enabled() and (x.requires_grad or self.head.weight.requires_grad)
-        return torch.contiguous_format if training else torch.channels_last
+        return torch.channels_last  # EXPERIMENT
+
+
+def _in_layout(x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+    """x in ``memory_format`` by its strides (``output_memory_format``'s rule), also for a single
+    channel, where ``contiguous`` keeps NCHW strides that are channels_last at once."""
+    if memory_format == torch.channels_last and x.shape[1] == 1:
+        n, _, h, w = x.shape
+        return x.contiguous().as_strided(x.shape, (h * w, 1, w, 1))
+    return x.contiguous(memory_format=memory_format)
 
 
 def _chosen(passes: dict[str, set[str]] | None) -> str:

@@ -44,13 +44,19 @@ TOLERANCES = {torch.float64: (0.0, 0.0), torch.float32: (2**-24, 0.0), torch.bfl
 @needs_kernel
 @pytest.mark.parametrize("dtype", list(TOLERANCES))
 @pytest.mark.parametrize("with_grad_y,with_pool", [(True, True), (True, False), (False, True)])
-@pytest.mark.parametrize("shape", [(2, 3, 8, 10), (1, 2, 7, 9), (1, 1, 3, 2)])
-def test_kernel_matches_autograd(dtype, with_grad_y, with_pool, shape):
-    z, grad_y, grad_pooled = _case(shape, dtype, with_grad_y, with_pool)
+@pytest.mark.parametrize("shape", [(2, 3, 8, 10), (1, 2, 7, 9), (1, 1, 3, 2), (2, 17, 5, 6)])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_kernel_matches_autograd(dtype, with_grad_y, with_pool, shape, channels_last):
+    """Both loops of the kernel (NCHW rows; channels_last runs of channels), odd sizes included."""
+    z, grad_y, grad_pooled = _case(shape, dtype, with_grad_y, with_pool, channels_last=channels_last)
+    if channels_last:
+        grad_y, grad_pooled = (None if g is None else g.contiguous(memory_format=torch.channels_last)
+                               for g in (grad_y, grad_pooled))
     out = relu_pool_backward(F.relu(z), grad_y, grad_pooled)
     rtol, atol = TOLERANCES[dtype]
     torch.testing.assert_close(out.double(), _autograd_reference(z, grad_y, grad_pooled), rtol=rtol, atol=atol)
     assert out.dtype == dtype
+    assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 @needs_kernel
@@ -67,10 +73,14 @@ def test_layouts_and_strided_inputs():
 
 
 @needs_kernel
-def test_nan_follows_pytorch():
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
+def test_nan_follows_pytorch(memory_format):
     z, grad_y, grad_pooled = _case((1, 2, 6, 6), torch.float32, True, True)
     z[0, 0, 0, 1] = float("nan")  # a window's argmax
     z[0, 1, 2, 2] = z[0, 1, 3, 3] = float("nan")  # two NaNs in one window: the later one wins
+    z[0, 1, 4, 5] = float("nan")  # a NaN beside negative numbers only: it still takes the pool's gradient
+    z[0, 1, 4, 4] = z[0, 1, 5, 4] = z[0, 1, 5, 5] = -1.0
+    z, grad_y, grad_pooled = (t.contiguous(memory_format=memory_format) for t in (z, grad_y, grad_pooled))
     out = relu_pool_backward(F.relu(z), grad_y, grad_pooled)
     torch.testing.assert_close(out.double(), _autograd_reference(z, grad_y, grad_pooled), rtol=2**-24,
                                atol=0, equal_nan=True)

@@ -139,6 +139,88 @@ void relu_pool_backward_rows(const T* __restrict__ y, const T* __restrict__ gy, 
   }
 }
 
+// One 2x2 window across its channels: the four pixels' runs of values (ya..yd), incoming
+// gradients (ga..gd, unused without kGradY), the pooled gradient p and the outputs (oa..od). Each
+// output is its masked incoming gradient, plus p where the pixel is the window's argmax: the first
+// maximum in window order where the ReLU passes it, or under PyTorch's NaN rule the last NaN. No
+// branches and distinct restrict pointers, so that the compiler vectorizes the loop (fp32, fp64).
+template <typename T, bool kGradY>
+inline void window_lanes(const T* __restrict__ ya, const T* __restrict__ yb, const T* __restrict__ yc,
+                         const T* __restrict__ yd, const T* __restrict__ ga, const T* __restrict__ gb,
+                         const T* __restrict__ gc, const T* __restrict__ gd, const T* __restrict__ p,
+                         T* __restrict__ oa, T* __restrict__ ob, T* __restrict__ oc, T* __restrict__ od,
+                         int64_t channels) {
+  using Acc = at::opmath_type<T>;
+  const T zero(0);
+  for (int64_t k = 0; k < channels; ++k) {
+    // every load unconditional: a conditional load would stop the vectorizer
+    const T a = ya[k], b = yb[k], c = yc[k], d = yd[k];
+    const T va = kGradY ? ga[k] : zero, vb = kGradY ? gb[k] : zero, vc = kGradY ? gc[k] : zero,
+            vd = kGradY ? gd[k] : zero;
+    const Acc routed = static_cast<Acc>(p[k]);
+    const bool nan_a = a != a, nan_b = b != b, nan_c = c != c, nan_d = d != d;
+    const bool any_nan = nan_a | nan_b | nan_c | nan_d;
+    const T top = a < b ? b : a, bottom = c < d ? d : c;
+    const T best = top < bottom ? bottom : top;
+    const bool route = !any_nan & (best > zero);
+    const bool max_a = a == best, max_b = !max_a & (b == best), max_c = !max_a & !max_b & (c == best);
+    const bool max_d = !max_a & !max_b & !max_c;
+    const bool at_a = (route & max_a) | (any_nan & !nan_b & !nan_c & !nan_d);
+    const bool at_b = (route & max_b) | (nan_b & !nan_c & !nan_d);
+    const bool at_c = (route & max_c) | (nan_c & !nan_d);
+    const bool at_d = (route & max_d) | nan_d;
+    // + 0 off the argmax, as autograd's sum of the incoming and the pool's (zero) gradient gives
+    oa[k] = static_cast<T>(static_cast<Acc>(a <= zero ? zero : va) + (at_a ? routed : Acc(0)));
+    ob[k] = static_cast<T>(static_cast<Acc>(b <= zero ? zero : vb) + (at_b ? routed : Acc(0)));
+    oc[k] = static_cast<T>(static_cast<Acc>(c <= zero ? zero : vc) + (at_c ? routed : Acc(0)));
+    od[k] = static_cast<T>(static_cast<Acc>(d <= zero ? zero : vd) + (at_d ? routed : Acc(0)));
+  }
+}
+
+// The same for channels_last planes (NHWC, each image row W * C contiguous values), per pair of
+// rows: each window's four pixels are four runs of C values (window_lanes), and every output value
+// is written once.
+template <typename T, bool kGradY>
+void relu_pool_backward_nhwc_rows(const T* __restrict__ y, const T* __restrict__ gy, const T* __restrict__ gp,
+                                  T* __restrict__ out, int64_t channels, int64_t width, int64_t rows,
+                                  int64_t pooled_width) {
+  const T zero(0);
+  const int64_t row_stride = width * channels;
+  // the ReLU mask of the incoming gradient (zero without one); g is loaded unconditionally, so that
+  // the choice is a select and the loops vectorize
+  auto masked = [&](int64_t i) {
+    if constexpr (kGradY) {
+      const T g = gy[i];
+      return y[i] <= zero ? zero : g;
+    } else {
+      return zero;
+    }
+  };
+  auto mask = [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) out[i] = masked(i);
+  };
+  if (rows < 2 || !gp) {  // a last odd row, or no pool: the mask alone
+    for (int64_t r = 0; r < rows; ++r) mask(r * row_stride, r * row_stride + width * channels);
+    return;
+  }
+  for (int64_t pw = 0; pw < pooled_width; ++pw) {
+    // the window's four pixels: top left, top right, bottom left, bottom right (window order)
+    const int64_t a0 = 2 * pw * channels, b0 = a0 + channels, c0 = a0 + row_stride, d0 = c0 + channels;
+    window_lanes<T, kGradY>(y + a0, y + b0, y + c0, y + d0, kGradY ? gy + a0 : nullptr, kGradY ? gy + b0 : nullptr,
+                            kGradY ? gy + c0 : nullptr, kGradY ? gy + d0 : nullptr, gp + pw * channels, out + a0,
+                            out + b0, out + c0, out + d0, channels);
+  }
+  // an odd width's last column belongs to no window
+  const int64_t tail = 2 * pooled_width * channels;
+  mask(tail, width * channels);
+  mask(row_stride + tail, row_stride + width * channels);
+}
+
+// Dense channels_last strides (more than one channel: a single channel takes the NCHW loops).
+bool channels_last_dense(const at::Tensor& t) {
+  return t.size(1) > 1 && t.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
 void check_like(const char* name, const at::Tensor& t, const at::Tensor& y, at::IntArrayRef shape) {
   TORCH_CHECK(t.scalar_type() == y.scalar_type(), "relu_pool_backward: ", name, " has dtype ", t.scalar_type(),
               " but y has ", y.scalar_type());
@@ -164,6 +246,27 @@ at::Tensor relu_pool_backward_cpu(const at::Tensor& y, const std::optional<at::T
                       grad_pooled ? plane_of(*grad_pooled) : Plane{},
                       plane_of(out)};
     const int64_t pooled_height = grad_pooled ? height / 2 : 0, pooled_width = grad_pooled ? width / 2 : 0;
+    if (channels_last_dense(y) && channels_last_dense(out) && (!grad_y || channels_last_dense(*grad_y)) &&
+        (!grad_pooled || channels_last_dense(*grad_pooled))) {
+      // One pair of image rows per task: the windows' pixels are contiguous runs of channels.
+      const int64_t row = width * channels, row_pairs = (height + 1) / 2;
+      at::parallel_for(0, batch * row_pairs, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          const int64_t n = i / row_pairs, pair = i % row_pairs;
+          const int64_t offset = n * v.sy.n + 2 * pair * row, rows = std::min<int64_t>(2, height - 2 * pair);
+          const bool pooled = v.grad_pooled && pair < pooled_height;
+          const scalar_t* gp = pooled ? v.grad_pooled + n * v.sp.n + pair * pooled_width * channels : nullptr;
+          if (v.grad_y) {
+            relu_pool_backward_nhwc_rows<scalar_t, true>(v.y + offset, v.grad_y + offset, gp, v.out + offset,
+                                                         channels, width, rows, pooled_width);
+          } else {
+            relu_pool_backward_nhwc_rows<scalar_t, false>(v.y + offset, nullptr, gp, v.out + offset, channels,
+                                                          width, rows, pooled_width);
+          }
+        }
+      });
+      return;
+    }
     const bool unit_width_strides = v.sy.w == 1 && v.so.w == 1 && (!v.grad_y || v.sg.w == 1) &&
                                     (!v.grad_pooled || v.sp.w == 1);
     // One (n, c) plane per task: the window's four values and their gradients stay in cache.
