@@ -73,7 +73,7 @@ def _train_parser(sub) -> None:
                    f"{_BUDGET_RULE}")
     p.add_argument("--paper", action="store_true", help="the paper's configuration: depth 5, 64 channels, 572 tiles, SGD 0.99")
     p.add_argument("--model", default=d.model, choices=("auto", "fast", "reference"),
-                   help="auto: the fast model on CUDA, the reference on CPU")
+                   help="auto: the fast model (CUDA and CPU), the reference where this build lacks it")
     p.add_argument("--base-channels", type=int, default=d.base_channels)
     p.add_argument("--depth", type=int, default=d.depth)
     p.add_argument("--padding", default=d.padding, choices=("valid", "same"))
