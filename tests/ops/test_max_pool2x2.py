@@ -11,12 +11,14 @@ needs_kernel = pytest.mark.skipif(not module.HAS_KERNEL, reason="unet_fast._C wi
 
 @needs_kernel
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("shape", [(2, 3, 8, 10), (1, 4, 7, 9), (1, 1, 3, 2)])
-def test_equals_max_pool2d(dtype, shape):
-    y = torch.randint(-3, 4, shape).to(dtype)  # ties in most windows
+@pytest.mark.parametrize("shape", [(2, 3, 8, 10), (1, 4, 7, 9), (1, 1, 3, 2), (2, 17, 5, 7)])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
+def test_equals_max_pool2d(dtype, shape, memory_format):
+    """Both loops of the kernel (NCHW rows; channels_last runs of channels), odd sizes included."""
+    y = torch.randint(-3, 4, shape).to(dtype).contiguous(memory_format=memory_format)  # ties in most windows
     out = torch.ops.unet_fast.max_pool2x2(y)  # the kernel itself, not the wrapper's fallback
-    assert torch.equal(out, F.max_pool2d(y, 2))  # a selection: bit-exact
-    assert out.is_contiguous()
+    assert torch.equal(out, F.max_pool2d(y.contiguous(), 2))  # a selection: bit-exact
+    assert out.is_contiguous(memory_format=memory_format)
 
 
 @needs_kernel
@@ -24,6 +26,8 @@ def test_nan_and_layouts():
     y = torch.randn(2, 3, 6, 8)
     y[0, 1, 2, 3] = float("nan")
     y[1, 2, 5, 7] = float("nan")
+    y[1, 0, 0, 0] = float("nan")  # first in its window, before larger numbers: the NaN still wins
+    y[1, 0, 0, 1] = y[1, 0, 1, 0] = y[1, 0, 1, 1] = 100.0
     torch.testing.assert_close(torch.ops.unet_fast.max_pool2x2(y), F.max_pool2d(y, 2), rtol=0, atol=0, equal_nan=True)
     y_cl = y.contiguous(memory_format=torch.channels_last)
     out = torch.ops.unet_fast.max_pool2x2(y_cl)

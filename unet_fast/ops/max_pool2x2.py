@@ -1,10 +1,10 @@
 """max_pool2x2: ``max_pool2d(y, 2)`` without indices, for the fused conv's pool on CPU.
 
-ATen's CPU max-pool is slow on NCHW tensors (a generic per-window kernel that also writes indices:
-at the U-Net's first level about as slow as a 3x3 convolution), and NCHW is the layout the fused
-CPU training path runs in. The C++ kernel (``csrc/ops/cpu/max_pool2x2_kernel.cpp``) reads two rows
-per output row instead; channels_last tensors, other devices and builds without the kernel run
-``F.max_pool2d``, which is fast there.
+ATen's CPU max-pool also computes indices, and on NCHW tensors walks one window at a time (at the
+U-Net's first level about as slow as a 3x3 convolution). The C++ kernel
+(``csrc/ops/cpu/max_pool2x2_kernel.cpp``) keeps no indices and reads two rows per output row (NCHW)
+or runs of channels (channels_last, the fused CPU path's layout); other layouts, other devices and
+builds without the kernel run ``F.max_pool2d``.
 """
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ def max_pool2x2(y: torch.Tensor) -> torch.Tensor:
     """``F.max_pool2d(y, 2)``: y (N, C, H, W) -> (N, C, H // 2, W // 2), y's dtype and memory format.
 
     Internal (no validation, no autograd): the block ops' forward and backward recompute call it."""
-    if HAS_KERNEL and y.device.type == "cpu" and y.is_contiguous():
+    dense = y.is_contiguous() or y.is_contiguous(memory_format=torch.channels_last)
+    if HAS_KERNEL and y.device.type == "cpu" and dense:
         return torch.ops.unet_fast.max_pool2x2(y)
     return F.max_pool2d(y, 2)
 

@@ -4,7 +4,8 @@
 // writes indices: on the U-Net's 2x2 pools it costs about as much as one of the 3x3 convolutions.
 // This one reads two input rows per output row and keeps no indices (the fused conv's backward
 // finds the argmax again from y, see relu_pool_backward_kernel.cpp). A window holding a NaN gives
-// NaN, as max_pool2d does. Any memory format; the output has the input's.
+// NaN, as max_pool2d does. Any memory format; the output has the input's. Dense channels_last
+// tensors take a loop across channels that the compiler vectorizes.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -38,6 +39,24 @@ void pool_plane(const T* in, T* out, int64_t in_h, int64_t in_w, int64_t out_h, 
   }
 }
 
+// One output row of a dense channels_last tensor: each window's four pixels are runs of `channels`
+// values; the loop over them is branch-free so that it vectorizes.
+template <typename T>
+void pool_row_nhwc(const T* __restrict__ top, const T* __restrict__ bottom, T* __restrict__ out, int64_t channels,
+                   int64_t pooled_width) {
+  for (int64_t pw = 0; pw < pooled_width; ++pw) {
+    const T* __restrict__ a = top + 2 * pw * channels;
+    const T* __restrict__ c = bottom + 2 * pw * channels;
+    T* __restrict__ o = out + pw * channels;
+    for (int64_t k = 0; k < channels; ++k) {
+      const T v0 = a[k], v1 = a[channels + k], v2 = c[k], v3 = c[channels + k];
+      const T m01 = (v1 > v0) | (v1 != v1) ? v1 : v0;
+      const T m012 = (v2 > m01) | (v2 != v2) ? v2 : m01;
+      o[k] = (v3 > m012) | (v3 != v3) ? v3 : m012;
+    }
+  }
+}
+
 at::Tensor max_pool2x2_cpu(const at::Tensor& y) {
   TORCH_CHECK(y.dim() == 4, "max_pool2x2: y must be 4-d (N, C, H, W), got ", y.dim(), "-d");
   const int64_t batch = y.size(0), channels = y.size(1);
@@ -48,6 +67,17 @@ at::Tensor max_pool2x2_cpu(const at::Tensor& y) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "max_pool2x2_cpu", [&] {
     const scalar_t* in = y.const_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    if (channels > 1 && y.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+      const int64_t row = y.size(3) * channels;
+      at::parallel_for(0, batch * pooled_height, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          const int64_t n = i / pooled_height, ph = i % pooled_height;
+          const scalar_t* top = in + n * y.stride(0) + 2 * ph * row;
+          pool_row_nhwc(top, top + row, o + n * out.stride(0) + ph * out.stride(2), channels, pooled_width);
+        }
+      });
+      return;
+    }
     at::parallel_for(0, batch * channels, 1, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         const int64_t n = i / channels, c = i % channels;
