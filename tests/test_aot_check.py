@@ -178,6 +178,23 @@ def test_launched_work_compiles_every_tile_on_sm80_and_the_default_on_sm86(launc
     assert wgrad_first and {c.constexprs["BLOCK_CI"] for c in wgrad_first} == {32}
 
 
+def test_default_tiles_only_keeps_the_runtimes_default_on_every_arch():
+    from unet_fast.triton.autotune import tuned_kernel
+
+    work = aot_check.launched_work([80, 90], default_tiles_only=True)
+    first_layer = [(c, a) for c, a in work if c.kernel == "conv3x3_fwd" and c.precision == "bf16"
+                   and c.constexprs.get("C1") == 1]
+    assert len(first_layer) == 2  # one variant, one tile, two archs
+    expected = tuned_kernel("_conv3x3_fwd_kernel").default_tile("16bit", aot_check.SHARED_MEMORY_LIMIT[80], 1)
+    assert all(c.constexprs["BLOCK_K"] == expected["BLOCK_K"] == 16 for c, _ in first_layer)
+    assert len(work) < len(aot_check.launched_work([80, 90]))
+
+
+def test_default_tiles_needs_the_launched_variants(capsys):
+    assert aot_check.main(["--default-tiles"]) == 2
+    assert "--default-tiles goes with --variants launched" in capsys.readouterr().err
+
+
 def test_the_trace_records_the_channels_the_runtime_chooses_the_default_for(launched):
     first_layer = {s.channels for s in launched if "C1" in s.ones}
     assert first_layer == {1}

@@ -279,6 +279,10 @@ def main(argv=None) -> int:
                         "paper's model launches, traced from it (see above)")
     args = parser.parse_args(argv)
     archs = args.arch or [80, 90]
+    if args.default_tiles and args.variants != "launched":
+        print("--default-tiles goes with --variants launched (registered configurations have no default)",
+              file=sys.stderr)
+        return 2
 
     import triton
 
@@ -291,9 +295,6 @@ def main(argv=None) -> int:
     unknown = [a for a in archs if a not in SHARED_MEMORY_LIMIT]
     if unknown:
         print(f"--arch: unknown architecture(s) {unknown}; known: {sorted(SHARED_MEMORY_LIMIT)}", file=sys.stderr)
-        return 2
-    if args.default_tiles and args.variants != "launched":
-        print("--default-tiles: only with --variants launched", file=sys.stderr)
         return 2
     if args.variants == "launched":
         work = launched_work(archs, default_tiles_only=args.default_tiles)
