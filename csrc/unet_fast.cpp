@@ -1,5 +1,6 @@
 // The schemas of the unet_fast library's C++ ops (center_crop_concat, elastic_warp,
-// border_distances, simple_point_warp), and the Python module's build information. Kernels register themselves per
+// border_distances, simple_point_warp, and the fused CPU path's relu_pool_backward and
+// max_pool2x2), and the Python module's build information. Kernels register themselves per
 // backend in ops/cpu/<op>_kernel.cpp and ops/cuda/<op>_kernel.cu; each op's Python wrapper, fake
 // kernel and autograd are in unet_fast/ops/<op>.py. The Triton-backed ops (conv3x3_relu,
 // upconv2x2, conv1x1) and the model's block ops are defined in Python (torch.library.custom_op in
@@ -39,6 +40,15 @@ TORCH_LIBRARY(unet_fast, m) {
   // 0 where they agree, else what flipping it would do: 1 split, 2 merge, 3 cell addition,
   // 4 cell deletion, 5 hole addition, 6 hole deletion. CPU only.
   m.def("simple_point_warp(Tensor target, Tensor prediction) -> (Tensor, Tensor)");
+  // The gradient at a conv's pre-activation for y = relu(conv(...)) and, when grad_pooled is given,
+  // pooled = max_pool2d(y, 2): y <= 0 ? 0 : grad_y + max_pool2d_backward(grad_pooled, y), the
+  // pool's argmax found again from y (PyTorch's tie and NaN rule). y (N, C, H, W), grad_y like y,
+  // grad_pooled (N, C, H / 2, W / 2); the output has y's shape and memory format. CPU only: the
+  // CUDA path runs the fused Triton backward instead.
+  m.def("relu_pool_backward(Tensor y, Tensor? grad_y, Tensor? grad_pooled) -> Tensor");
+  // max_pool2d(y, 2) without indices: (N, C, H, W) -> (N, C, H / 2, W / 2) in y's memory format, a
+  // NaN winning its window as in max_pool2d. CPU only (ATen's NCHW max-pool is the slow case there).
+  m.def("max_pool2x2(Tensor y) -> Tensor");
 }
 
 #ifdef TORCH_EXTENSION_NAME

@@ -106,3 +106,22 @@ def test_predict_tiled_uses_the_memory_fitted_default(monkeypatch):
     probs, _ = predict_tiled(model, image, batch_size=3)
     assert seen == [3]
     torch.testing.assert_close(probs, reference)
+
+
+@pytest.mark.parametrize("free_gib", [40, 1000])
+def test_streamed_default_tile_grows_past_572_on_cuda_only(monkeypatch, free_gib):
+    from unet_fast.inference import streaming
+
+    free = free_gib * 2**30
+    monkeypatch.setattr(inference, "free_device_memory", lambda device: free)
+    model = _model()
+    config = inference._model_config(model)
+
+    def fits(s):
+        return tile_activation_bytes(s, 4, base_channels=64, depth=5) <= inference.MEMORY_FRACTION * free
+
+    size = streaming._tile_cap(model, config, None, 4, torch.device("cuda"))
+    assert 572 < size <= streaming.CUDA_TILE_CAP and shapes.is_valid_input_size(size, 5) and fits(size)
+    larger = [s for s in range(size + 1, streaming.CUDA_TILE_CAP + 1) if shapes.is_valid_input_size(s, 5)]
+    assert not any(fits(s) for s in larger)
+    assert streaming._tile_cap(model, config, None, 4, torch.device("cpu")) == 572

@@ -206,3 +206,77 @@ def test_a_full_disk_is_reported_and_nothing_is_recorded_done(tmp_path, monkeypa
     monkeypatch.undo()
     group = zarr.open_group(str(out), mode="r")
     assert not group["done"][...].any() and not group.attrs["unet_fast"]["complete"]
+
+
+class ReadRecorder:
+    """A minimal array-like (shape, dtype, slicing only) that records which threads read it."""
+
+    def __init__(self, array: np.ndarray):
+        self.array, self.shape, self.dtype = array, array.shape, array.dtype
+        self.readers: set[int] = set()
+
+    def __getitem__(self, index):
+        import threading
+
+        self.readers.add(threading.get_ident())
+        return self.array[index]
+
+
+def test_any_array_like_is_read_in_the_background_thread(tmp_path):
+    import threading
+
+    model = kaiming_unet(num_classes=2)
+    image = np.random.default_rng(7).integers(0, 256, (90, 70), dtype=np.uint8)
+    source = ReadRecorder(image)
+    predict_large(model, source, tmp_path / "o.zarr", tile_size=80, probs=True, progress=False)
+    assert_matches(zarr.open_group(str(tmp_path / "o.zarr"), mode="r"),
+                   *tiled_reference(model, (image / 255).astype(np.float32)[None], tile_size=80))
+    assert source.readers and threading.get_ident() not in source.readers  # read ahead, off the model's thread
+
+
+def test_channels_last_batches_and_bf16_autocast(tmp_path):
+    model = kaiming_fast_unet(num_classes=2)
+    image = np.random.default_rng(8).random((90, 70), dtype=np.float32)
+    probs, labels = tiled_reference(model, image[None], tile_size=80)
+    predict_large(model.to(memory_format=torch.channels_last), image, tmp_path / "cl.zarr", tile_size=80,
+                  probs=True, channels_last=True, progress=False)
+    assert_matches(zarr.open_group(str(tmp_path / "cl.zarr"), mode="r"), probs, labels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # predict_tiled's tiles under the same autocast
+        bf16_probs, _ = tiled_reference(model.to(memory_format=torch.contiguous_format), image[None], tile_size=80)
+    predict_large(model, image, tmp_path / "bf16.zarr", tile_size=80, probs=True, amp="bf16", progress=False)
+    stored = zarr.open_group(str(tmp_path / "bf16.zarr"), mode="r")["probs"][...].astype(np.float32)
+    assert np.abs(bf16_probs - probs).max() > 1e-3  # autocast really ran in bf16
+    # The same bf16 tiles, batched differently: a logit of order 1 may move by one bf16 rounding (2**-8).
+    np.testing.assert_allclose(stored, bf16_probs, atol=ATOL + 2**-8, rtol=0)
+
+
+def test_more_than_256_classes_give_uint16_labels(tmp_path):
+    model = kaiming_unet(num_classes=300, base_channels=2, depth=2)
+    final_bias = [p for p in model.parameters() if p.shape == (300,)][-1]
+    with torch.no_grad():
+        final_bias[256:] += 3.0  # classes past 8 bits win at many pixels
+    image = np.random.default_rng(9).random((30, 20), dtype=np.float32)
+    probs, labels = tiled_reference(model, image[None], tile_size=64)
+    predict_large(model, image, tmp_path / "o.zarr", tile_size=64, probs=True, progress=False)
+    group = zarr.open_group(str(tmp_path / "o.zarr"), mode="r")
+    assert group["labels"].dtype == np.uint16 and labels.max() > 255
+    assert_matches(group, probs, labels)
+
+
+def test_minmax_normalisation_matches_the_training_loader(tmp_path):
+    from unet_fast.data.folder import normalize_image
+
+    model = kaiming_unet(num_classes=2)
+    rng = np.random.default_rng(10)  # 12-bit-like data in 16-bit pixels, a different range per slice
+    stack = np.stack([rng.integers(1000, 5000, (600, 40)), rng.integers(0, 300, (600, 40))]).astype(np.uint16)
+    predict_large(model, stack, tmp_path / "s.zarr", tile_size=80, probs=True, layout="ZYX", normalize="minmax",
+                  progress=False)  # 600 rows: the min/max pass reads several bands
+    group = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
+    for z in range(2):
+        expected = tiled_reference(model, normalize_image(stack[z], "slice", "minmax"), tile_size=80)
+        assert_matches({"probs": group["probs"][z], "labels": group["labels"][z]}, *expected)
+    with pytest.raises(ValueError, match="normalize"):  # resumed with another normalisation
+        predict_large(model, stack, tmp_path / "s.zarr", tile_size=80, probs=True, layout="ZYX", resume=True,
+                      progress=False)
+    with pytest.raises(ValueError, match="normalize must be one of"):
+        predict_large(model, stack, tmp_path / "x.zarr", normalize="percentile", progress=False)

@@ -19,6 +19,7 @@ pytest.importorskip("safetensors")
 from tests.inference_helpers import one_thread  # noqa: F401 (fixture)
 from unet_fast.cli import main
 from unet_fast.inference import predict_large
+from unet_fast.predict_command import _share_of_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,7 +116,36 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(run_dir, tmp_path):
     assert got["done"][...].all() and got.attrs["unet_fast"]["complete"]
 
 
-def test_torchrun_two_processes_equal_one(run_dir, tmp_path):
+HEAVY = pytest.mark.skipif(bool(os.environ.get("UNET_FAST_SKIP_HEAVY")), reason="heavy: runs once, in the main suite")
+
+
+def torchrun_predict(argv: list[str]) -> str:
+    """`unet-fast predict` under torchrun, 2 CPU processes (gloo); their stdout."""
+    launcher = [sys.executable, "-m", "torch.distributed.run"]  # torchrun where it is not on PATH
+    result = subprocess.run([*launcher, "--standalone", "--nproc_per_node", "2", "-m", "unet_fast", *argv],
+                            env=child_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def assert_same_prediction(one, two) -> None:
+    """Two Zarr prediction groups hold identical labels and probabilities, every chunk recorded done."""
+    assert np.array_equal(one["labels"][...], two["labels"][...])
+    np.testing.assert_array_equal(one["probs"][...], two["probs"][...])
+    assert two["done"][...].all() and two.attrs["unet_fast"]["complete"]
+
+
+def owners(log: str, paths) -> dict:
+    """For each input path, the ranks whose `rank R: <path> -> ...` lines name it."""
+    found = {str(p): [] for p in paths}
+    for line in log.splitlines():
+        for path in found:
+            if line.startswith("rank ") and f": {path} -> " in line:
+                found[path].append(int(line.split(":")[0].split()[1]))
+    return found
+
+
+def test_torchrun_divides_the_chunks_of_a_single_input(run_dir, tmp_path):
     from unet_fast.data import write_synthetic_mosaic
 
     source = tmp_path / "mosaic.zarr"
@@ -123,12 +153,69 @@ def test_torchrun_two_processes_equal_one(run_dir, tmp_path):
     common = ["predict", "--checkpoint", str(run_dir), "--input", str(source), "--probs", "--tile-size", "80",
               "--batch-size", "2", "--device", "cpu", "--no-progress"]
     assert main(common + ["--out", str(tmp_path / "one.zarr")]) == 0
-    launcher = [sys.executable, "-m", "torch.distributed.run"]  # torchrun where it is not on PATH
-    result = subprocess.run([*launcher, "--standalone", "--nproc_per_node", "2", "-m", "unet_fast", *common,
-                             "--out", str(tmp_path / "two.zarr")], env=child_env(),
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    log = torchrun_predict(common + ["--out", str(tmp_path / "two.zarr")])
+    assert owners(log, [source]) == {str(source): [0]} and "divided among 2 ranks" in log
     one, two = zarr.open_group(str(tmp_path / "one.zarr"), mode="r"), zarr.open_group(str(tmp_path / "two.zarr"), mode="r")
-    assert np.array_equal(one["labels"][...], two["labels"][...])
-    np.testing.assert_array_equal(one["probs"][...], two["probs"][...])
-    assert two["done"][...].all()
+    assert_same_prediction(one, two)
+
+
+def small_inputs(directory: Path) -> list[Path]:
+    """Two small TIFFs (predicted in memory into a directory) and a Zarr mosaic (always streamed)."""
+    from unet_fast.data import write_synthetic_mosaic
+
+    rng = np.random.default_rng(1)
+    paths = [directory / "a.tif", directory / "b.tif", directory / "c.zarr"]
+    for path, shape in zip(paths[:2], [(70, 90), (64, 64)]):
+        tifffile.imwrite(path, rng.integers(0, 256, shape, dtype=np.uint8))
+    write_synthetic_mosaic(paths[2], 100, 120, tile=64, distinct=2)
+    return paths
+
+
+@HEAVY
+def test_torchrun_divides_whole_inputs_into_a_directory(run_dir, tmp_path):
+    """3 inputs >= 2 ranks: each input whole on one rank, the files those of one process."""
+    from PIL import Image
+
+    paths = small_inputs(tmp_path)
+    common = ["predict", "--checkpoint", str(run_dir), "--input", *map(str, paths), "--probs", "--tile-size", "80",
+              "--device", "cpu", "--no-progress"]
+    assert main(common + ["--out", str(tmp_path / "one")]) == 0
+    log = torchrun_predict(common + ["--out", str(tmp_path / "two")])
+    assert owners(log, paths) == {str(paths[0]): [0], str(paths[1]): [1], str(paths[2]): [0]}, log
+    for stem in ("a", "b"):
+        for name, read in ((f"{stem}.png", lambda p: np.asarray(Image.open(p))), (f"{stem}_probs.tif", tifffile.imread)):
+            assert np.array_equal(read(tmp_path / "one" / name), read(tmp_path / "two" / name)), name
+    assert_same_prediction(zarr.open_group(str(tmp_path / "one" / "c.zarr"), mode="r"),
+                           zarr.open_group(str(tmp_path / "two" / "c.zarr"), mode="r"))
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+
+
+@HEAVY
+def test_torchrun_divides_whole_inputs_into_one_store(run_dir, tmp_path):
+    """2 inputs, 2 ranks: both ranks add their input's group to one .zarr store at once."""
+    paths = small_inputs(tmp_path)[1:]
+    common = ["predict", "--checkpoint", str(run_dir), "--input", *map(str, paths), "--probs", "--tile-size", "80",
+              "--device", "cpu", "--no-progress"]
+    assert main(common + ["--out", str(tmp_path / "one.zarr")]) == 0
+    log = torchrun_predict(common + ["--out", str(tmp_path / "two.zarr")])
+    assert owners(log, paths) == {str(paths[0]): [0], str(paths[1]): [1]}, log
+    one, two = zarr.open_group(str(tmp_path / "one.zarr"), mode="r"), zarr.open_group(str(tmp_path / "two.zarr"), mode="r")
+    assert sorted(two.group_keys()) == ["b", "c"]
+    for stem in ("b", "c"):
+        assert_same_prediction(one[stem], two[stem])
+
+
+@pytest.mark.parametrize("inputs", range(1, 6))
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_every_input_has_exactly_one_writer(inputs, world):
+    """Each input is predicted whole by one rank, or streamed by every rank dividing its chunks."""
+    paths = [Path(f"in{index}.tif") for index in range(inputs)]
+    streamed = paths[::2]
+    shares = [_share_of_inputs(paths, streamed, rank, world) for rank in range(world)]
+    for path in paths:
+        whole = [rank for rank, (alone, _) in enumerate(shares) if path in alone]
+        divided = [rank for rank, (_, shared) in enumerate(shares) if path in shared]
+        assert (len(whole), len(divided)) in ((1, 0), (0, world)), (path, shares)
+        assert not divided or path in streamed  # an in-memory prediction cannot be divided
+    if inputs >= world:  # enough inputs: no rank idle, none shares
+        assert all(alone and not shared for alone, shared in shares)

@@ -13,7 +13,8 @@ pytest.importorskip("scipy")  # weight maps
 load_file = pytest.importorskip("safetensors.torch").load_file
 
 from unet_fast import checkpoint as ckpt
-from unet_fast.train import TrainConfig, learning_rate, train
+from unet_fast import UNet
+from unet_fast.train import TrainConfig, learning_rate, load_model, train
 
 TINY = dict(data="synthetic", base_channels=4, depth=3, tile_size=76, synthetic_images=3, synthetic_size=96,
             val_images=1, val_interval=2, log_interval=1, device="cpu", progress=False)
@@ -48,6 +49,9 @@ def test_run_directory_contents(tmp_path):
     assert set(summary["validation"]) == {"pixel_error", "foreground_iou", "foreground_dice", "rand_error"}
     model_state, optimizer_state, state = ckpt.load_checkpoint(out)
     assert state["step"] == 2 and state["model_config"]["depth"] == 3
+    # --model auto trains the fused model on CPU too, and loading a run gives it back
+    assert json.loads((out / "config.json").read_text())["model"] == "fast"
+    assert type(load_model(out)) is UNet
     assert any("exp_avg" in entry for entry in optimizer_state["state"].values())  # AdamW, the default
     with pytest.raises(ValueError, match="--resume"):
         train(TrainConfig(out=str(out), steps=2, **TINY))

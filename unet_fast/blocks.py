@@ -23,19 +23,21 @@ dtype and cast inside; gradients come back in each input's own dtype):
 Backend "triton" runs the fused kernels (``unet_fast.triton.conv3x3_relu`` for the 3x3 convs, whose
 second encoder conv writes the pooled tensor from its epilogue, and the per-pixel GEMMs for the
 up-convolution and the head); "torch" runs the ops' ATen composites with explicit backward formulas
-(``unet_fast.ops.conv3x3_relu.composite_forward``/``composite_backward``, the op's own).
+(``unet_fast.ops.conv3x3_relu.composite_forward``/``composite_backward``, the op's own; on CPU the
+forward's conv + ReLU is one oneDNN primitive, and the pools and the backward's pool route + ReLU mask
+are C++ kernels: ``unet_fast.ops.onednn``, ``max_pool2x2``, ``relu_pool_backward``).
 """
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from unet_fast.ops._layout import output_memory_format
 from unet_fast.ops._numerics import dot_precision
 from unet_fast.ops.conv1x1 import conv1x1_backward_impl, conv1x1_impl
 from unet_fast.ops.conv3x3_relu import composite_backward, composite_forward, fused_backward, fused_forward
+from unet_fast.ops.max_pool2x2 import max_pool2x2
 from unet_fast.ops.upconv2x2 import upconv2x2_backward_impl, upconv2x2_impl
 
 Tensor = torch.Tensor
@@ -65,7 +67,7 @@ def _conv_forward(x: Tensor, skip: Tensor | None, weight: Tensor, bias: Tensor |
     if backend in ("triton", "auto"):
         return fused_forward(x, weight, bias, skip, relu=True, pool=pool, allow_tf32=_uses_tf32(x),
                              tune=backend == "auto")
-    return composite_forward(x, weight, bias, skip, relu=True, pool=pool, memory_format=layout)
+    return composite_forward(x, weight, bias, skip, relu=True, pool=pool, memory_format=layout, own_backward=True)
 
 
 def _conv_backward(grad_y: Tensor | None, grad_pooled: Tensor | None, x: Tensor, skip: Tensor | None,
@@ -139,7 +141,7 @@ def encoder_block_backward(
     dtype, layout = y2.dtype, output_memory_format(backend, source)
     with torch.autocast(y2.device.type, enabled=False):
         w1c, w2c = w1.to(dtype), w2.to(dtype)
-        x = F.max_pool2d(source, 2).contiguous(memory_format=layout) if has_pooled_input else source
+        x = max_pool2x2(source).contiguous(memory_format=layout) if has_pooled_input else source
         if y1 is None:
             y1, _ = _conv_forward(x, None, w1c, _cast(b1, dtype), False, backend, layout)
         grad_y1_conv, _, grad_w2, grad_b2 = _conv_backward(grad_y2, grad_p, y1, None, w2c, y2, True, backend)
@@ -170,6 +172,7 @@ def _encoder_setup_context(ctx, inputs, output) -> None:
     source, pooled, w1, b1, w2, b2, emit_pool, recompute, backend = inputs
     y1, y2, _ = output
     ctx.save_for_backward(source, None if recompute else y1, y2, w1, b1, w2, b2)
+    ctx.set_materialize_grads(False)  # y1 (and often p) get no gradient: no zero tensors to fill and add
     ctx.has_pooled_input, ctx.emit_pool, ctx.backend = pooled is not None, emit_pool, backend
 
 
@@ -259,6 +262,7 @@ def _decoder_setup_context(ctx, inputs, output) -> None:
     x, skip, up_w, up_b, w1, b1, w2, b2, recompute, backend = inputs
     y1, y2 = output
     ctx.save_for_backward(x, skip, None if recompute else y1, y2, up_w, up_b, w1, b1, w2, b2)
+    ctx.set_materialize_grads(False)  # y1 gets no gradient: no zero tensor to fill and add
     ctx.backend = backend
 
 

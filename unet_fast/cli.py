@@ -73,7 +73,7 @@ def _train_parser(sub) -> None:
                    f"{_BUDGET_RULE}")
     p.add_argument("--paper", action="store_true", help="the paper's configuration: depth 5, 64 channels, 572 tiles, SGD 0.99")
     p.add_argument("--model", default=d.model, choices=("auto", "fast", "reference"),
-                   help="auto: the fast model on CUDA, the reference on CPU")
+                   help="auto: the fast model (CUDA and CPU), the reference where this build lacks it")
     p.add_argument("--base-channels", type=int, default=d.base_channels)
     p.add_argument("--depth", type=int, default=d.depth)
     p.add_argument("--padding", default=d.padding, choices=("valid", "same"))
@@ -119,9 +119,9 @@ def _predict_parser(sub) -> None:
                        description="Segment images by overlap-tile prediction. Writes <stem>.png with class "
                        "ids as pixel values and, with --probs, <stem>_probs.tif (float32, one page per class). "
                        f"Images over {LARGE_IMAGE_PIXELS // 2**20} Mpixels, Zarr inputs and a .zarr --out are "
-                       "streamed tile by tile (bounded memory, resumable, several processes under torchrun) "
-                       "into <stem>.zarr (labels, float16 probs) or the given X.zarr, one group per input "
-                       "stem when several.")
+                       "streamed tile by tile (bounded memory, resumable) into <stem>.zarr (labels, float16 "
+                       "probs) or the given X.zarr, one group per input stem when several. Under torchrun the "
+                       "ranks divide the inputs, or with fewer inputs than ranks the chunks of each.")
     p.add_argument("--checkpoint", required=True, help="run directory of 'unet-fast train' (its best checkpoint by "
                    "validation pixel error when it has one, else its latest) or a checkpoint directory")
     p.add_argument("--input", required=True, nargs="+",
@@ -129,7 +129,9 @@ def _predict_parser(sub) -> None:
     p.add_argument("--out", required=True, help="output directory, or an X.zarr store")
     p.add_argument("--tta", action="store_true", help="average over flips and 90-degree rotations")
     p.add_argument("--probs", action="store_true", help="also write class probabilities")
-    p.add_argument("--tile-size", type=int, default=None, help="largest tile edge (default: the largest valid size <= 572)")
+    p.add_argument("--tile-size", type=int, default=None,
+                   help="largest tile edge (default: the largest valid size <= 572, or <= 2048 when streaming on "
+                   "CUDA, whose activations fit the free device memory)")
     p.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass (default 4; 2 when streaming on CPU)")
     p.add_argument("--amp", default=None, choices=("bf16", "fp16"), help="autocast dtype for streamed prediction")
     p.add_argument("--resume", action="store_true", help="finish an interrupted streamed prediction")

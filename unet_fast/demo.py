@@ -105,8 +105,6 @@ def run_demo(out=None, steps=None, seed: int = 0, device: str = "auto", progress
     line = "  ".join(f"{kind} {value:.2f} tiles/s" for kind, value in speed.items())
     if "fast" in speed:
         line += f"  (fast/reference {speed['fast'] / speed['reference']:.2f}x)"
-    if torch_device.type == "cpu":
-        line += "; on CPU both run PyTorch ops: the fused kernels are for CUDA"
     print(f"forward throughput at {settings['tile_size']} px: {line}")
     print(f"training took {summary['seconds']:.0f} s; overlays (image | truth | prediction): {run_dir / 'overlays.png'}")
     print(f"run directory: {run_dir}")

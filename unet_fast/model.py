@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from unet_fast import blocks  # noqa: F401  (registers the block ops)
+from unet_fast.ops._layout import output_memory_format
 from unet_fast.ops._numerics import autocast_dtype
 from unet_fast.ops.backend import ChoiceLog, block_backend, check_backend, layer_scope, resolve_backend
 from unet_fast.reference.unet import UNet as ReferenceUNet
@@ -144,6 +145,9 @@ class UNet(ReferenceUNet):
         decoder_fused = self._decoder_fallback_reason() is None
 
         h, pooled, skips = (x.to(dtype) if encoder_fused else x), None, []
+        cpu_layout = self._cpu_layout(x) if backend == "torch" and encoder_fused and decoder_fused else None
+        if cpu_layout is not None:
+            h = _in_layout(h, cpu_layout)
         for level, block in enumerate(self.encoder):
             bottom = level == self.depth - 1
             if encoder_fused:
@@ -159,7 +163,11 @@ class UNet(ReferenceUNet):
                 skips.append(y2)
             h, pooled = y2, (None if bottom else p)
 
-        h = self.dropout(h)
+        if cpu_layout is not None and self.training:
+            # dropout draws its mask in memory order: in NCHW order, as the reference, for the same mask
+            h = self.dropout(h.contiguous()).contiguous(memory_format=cpu_layout)
+        else:
+            h = self.dropout(h)
         for index, (stage, skip) in enumerate(zip(self.decoder, reversed(skips))):
             if decoder_fused:
                 convs = stage.block
@@ -171,7 +179,26 @@ class UNet(ReferenceUNet):
                     )
             else:
                 h = stage(h, skip)
-        return torch.ops.unet_fast._head(h.to(dtype), self.head.weight, self.head.bias, backend)
+        logits = torch.ops.unet_fast._head(h.to(dtype), self.head.weight, self.head.bias, backend)
+        if cpu_layout is not None:  # the caller's layout, as the reference returns it
+            logits = logits.contiguous(memory_format=output_memory_format("torch", x))
+        return logits
+
+    def _cpu_layout(self, x: torch.Tensor) -> torch.memory_format | None:
+        """The layout the fused blocks run in on CPU (None elsewhere): channels_last, training and
+        inference, where oneDNN's convolutions (forward, input and weight gradients) run about 1.5-2x
+        faster than in NCHW at the U-Net's shapes, and the pool and ReLU-gradient kernels stream
+        channels."""
+        return torch.channels_last if x.device.type == "cpu" else None
+
+
+def _in_layout(x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+    """x in ``memory_format`` by its strides (``output_memory_format``'s rule), also for a single
+    channel, where ``contiguous`` keeps NCHW strides that are channels_last at once."""
+    if memory_format == torch.channels_last and x.shape[1] == 1:
+        n, _, h, w = x.shape
+        return x.contiguous().as_strided(x.shape, (h * w, 1, w, 1))
+    return x.contiguous(memory_format=memory_format)
 
 
 def _chosen(passes: dict[str, set[str]] | None) -> str:

@@ -1,6 +1,11 @@
 """The ``unet-fast predict`` command: finds the inputs, predicts each in memory (``predict_tiled``:
 PNG class maps, TIFF probabilities and segments) or streamed (``predict_large``: inputs over
-LARGE_IMAGE_PIXELS, Zarr inputs, a ``.zarr`` --out, every input under torchrun) and writes them."""
+LARGE_IMAGE_PIXELS, Zarr inputs, a ``.zarr`` --out) and writes them.
+
+Under torchrun the ranks divide the work so that no two write the same file or chunk and the
+outputs are those of one process: with at least as many inputs as ranks, input i goes whole to rank
+i mod N; with fewer, every streamed input's chunks are divided among all ranks (and an in-memory
+input, which cannot be divided, goes whole to rank i mod N)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -74,21 +79,31 @@ def _distributed(device):
     return dist.get_rank(), world, device
 
 
-def _predict_streamed(args, model, device, paths: list[Path], rank: int) -> None:
-    """predict_large for every path: into --out if it is a .zarr (groups per stem when several), else
-    into --out/<stem>.zarr."""
+def _share_of_inputs(paths: list[Path], streamed: list[Path], rank: int, world: int) -> tuple[list[Path], list[Path]]:
+    """This rank's inputs: (those it predicts whole and alone, streamed ones whose chunks all ranks divide)."""
+    if len(paths) >= world:
+        return paths[rank::world], []
+    alone = [p for index, p in enumerate(paths) if p not in streamed and index % world == rank]
+    return alone, [p for p in paths if p in streamed]
+
+
+def _predict_streamed(args, model, device, path: Path, several: bool, distributed: bool, show: bool) -> str:
+    """predict_large of one input: into --out if it is a .zarr (a group per stem when ``several``),
+    else into --out/<stem>.zarr; what it wrote, for the log."""
     from unet_fast.inference import predict_large
 
     out = Path(args.out)
     into_store = out.suffix.lower() == ".zarr"
-    for path in paths:
-        target = out if into_store else out / f"{_stem(path)}.zarr"
-        group = _stem(path) if into_store and len(paths) > 1 else None
+    target = out if into_store else out / f"{_stem(path)}.zarr"
+    group = _stem(path) if into_store and several else None
+    try:
         predict_large(model, path, target, tile_size=args.tile_size, batch_size=args.batch_size, tta=args.tta,
                       probs=args.probs, amp=args.amp, device=device, resume=args.resume, overwrite=args.overwrite,
-                      progress=args.progress, group=group, layout=args.layout, channel_axis=args.channel_axis)
-        if rank == 0:
-            print(f"{path} -> {target}" + (f" (group {group})" if group else ""))
+                      progress=args.progress and show, group=group, layout=args.layout,
+                      channel_axis=args.channel_axis, distributed=distributed)
+    except ImportError as error:
+        raise UsageError(str(error)) from None
+    return f"{target}" + (f" (group {group})" if group else "")
 
 
 def _write_labels(path: Path, labels) -> None:
@@ -109,14 +124,37 @@ def _write_probabilities(path: Path, probs) -> None:
     tifffile.imwrite(path, probs)
 
 
-def run_predict(args) -> int:
-    """`unet-fast predict`: every input in memory (PNG class maps, TIFF probabilities and segments) or
-    streamed into Zarr/BigTIFF (large inputs, a .zarr --out, torchrun)."""
+def _predict_in_memory(args, model, device, path: Path) -> list[Path]:
+    """predict_tiled of every page of ``path`` into --out/<stem>.png (and probabilities, segments);
+    the PNGs written."""
     import torch
 
     from unet_fast.data import read_image
     from unet_fast.inference import predict_tiled
     from unet_fast.instances import write_segments
+
+    out = Path(args.out)
+    pages = read_image(path)  # (C, H, W) float32 in [0, 1] per page
+    written = []
+    for page, array in enumerate(pages):
+        stem = path.stem if len(pages) == 1 else f"{path.stem}_{page:03d}"
+        image = torch.from_numpy(array)
+        if image.shape[0] != model.in_channels:
+            raise UsageError(f"{path} has {image.shape[0]} channel(s) but the model was trained on {model.in_channels}")
+        probs, labels = predict_tiled(model, image.to(device), tile_size=args.tile_size,
+                                      batch_size=args.batch_size or 4, tta=args.tta)
+        _write_labels(out / f"{stem}.png", labels.cpu().numpy())
+        if args.probs:
+            _write_probabilities(out / f"{stem}_probs.tif", probs.cpu().numpy())
+        if args.segments:
+            write_segments(out / f"{stem}_segments.tif", probs.cpu().numpy(), args.segments_method)
+        written.append(out / f"{stem}.png")
+    return written
+
+
+def run_predict(args) -> int:
+    """`unet-fast predict`: every input in memory (PNG class maps, TIFF probabilities and segments) or
+    streamed into Zarr/BigTIFF (large inputs, a .zarr --out); under torchrun divided among the ranks."""
     from unet_fast.train import choose_checkpoint, describe_checkpoint, load_model, resolve_device
 
     rank, world, device = _distributed(resolve_device(args.device))
@@ -126,34 +164,42 @@ def run_predict(args) -> int:
     if rank == 0:
         print(describe_checkpoint(directory, kind))
     out = Path(args.out)
-    streamed = [p for p in paths if world > 1 or out.suffix.lower() == ".zarr" or _is_large(p)]
+    streamed = [p for p in paths if out.suffix.lower() == ".zarr" or _is_large(p)]
     if args.segments and streamed:
-        raise UsageError(f"--segments needs in-memory prediction, but {streamed[0]} is streamed (a .zarr --out, "
-                         f"torchrun, or an input over {LARGE_IMAGE_PIXELS} pixels): segment the streamed labels "
+        raise UsageError(f"--segments needs in-memory prediction, but {streamed[0]} is streamed (a .zarr --out "
+                         f"or an input over {LARGE_IMAGE_PIXELS} pixels): segment the streamed labels "
                          "with unet_fast.instances.segment")
     if out.suffix.lower() != ".zarr":
         out.mkdir(parents=True, exist_ok=True)
-    try:
-        _predict_streamed(args, model, device, streamed, rank)
-    except ImportError as error:
-        raise UsageError(str(error)) from None
+    alone, divided = _share_of_inputs(paths, streamed, rank, world)
+    several = len(paths) > 1
     if world > 1:
         import torch.distributed as dist
 
+        if several and out.suffix.lower() == ".zarr" and rank == 0:
+            _create_root_group(out)  # before the ranks add their groups to it at once
+        dist.barrier()
+    prefix = f"rank {rank}: " if world > 1 else ""
+    for path in divided:
+        target = _predict_streamed(args, model, device, path, several, distributed=True, show=rank == 0)
+        if rank == 0:
+            print(f"{prefix}{path} -> {target} (chunks divided among {world} ranks)")
+    for path in alone:
+        if path in streamed:
+            targets = [_predict_streamed(args, model, device, path, several, distributed=False, show=rank == 0)]
+        else:
+            targets = _predict_in_memory(args, model, device, path)
+        for target in targets:
+            print(f"{prefix}{path} -> {target}")
+    if world > 1:  # no closing barrier: a rank left with more work may outlast the group's timeout
         dist.destroy_process_group()
-    for path in (p for p in paths if p not in streamed):
-        pages = read_image(path)  # (C, H, W) float32 in [0, 1] per page
-        for page, array in enumerate(pages):
-            stem = path.stem if len(pages) == 1 else f"{path.stem}_{page:03d}"
-            image = torch.from_numpy(array)
-            if image.shape[0] != model.in_channels:
-                raise UsageError(f"{path} has {image.shape[0]} channel(s) but the model was trained on {model.in_channels}")
-            probs, labels = predict_tiled(model, image.to(device), tile_size=args.tile_size,
-                                          batch_size=args.batch_size or 4, tta=args.tta)
-            _write_labels(out / f"{stem}.png", labels.cpu().numpy())
-            if args.probs:
-                _write_probabilities(out / f"{stem}_probs.tif", probs.cpu().numpy())
-            if args.segments:
-                write_segments(out / f"{stem}_segments.tif", probs.cpu().numpy(), args.segments_method)
-            print(f"{path} -> {out / (stem + '.png')}")
     return 0
+
+
+def _create_root_group(out: Path) -> None:
+    from unet_fast.inference.sources import import_zarr
+
+    try:
+        import_zarr().open_group(str(out), mode="a")
+    except ImportError as error:
+        raise UsageError(str(error)) from None

@@ -7,10 +7,13 @@ within gamma_K = K u / (1 - K u) times the sum of |products| (Higham, Accuracy a
 and rounding the result to the output dtype adds u_out |y|. Inputs are drawn in the op's dtype and
 the float64 reference sees those exact values, so input rounding plays no part.
 
-ReLU at a NaN pre-activation: PyTorch's ``threshold_backward`` passes the gradient there, and so does
-the torch backend; the Triton kernels mask it with ``y > 0`` (zero). ``test_relu_backward_at_nan``
-pins that difference (NaN outputs themselves propagate alike on both backends).
+Backward: the gradients of every input against PyTorch's own backward formulas in float64, NaN and
+Inf included. ReLU at a NaN pre-activation: PyTorch's ``threshold_backward`` passes the gradient there
+(it zeroes it where y <= 0 only), and so do both backends of conv3x3_relu (``test_relu_backward_at_nan``
+pins it on a case where masking would give zeros).
 """
+
+from functools import partial
 
 import pytest
 import torch
@@ -113,8 +116,11 @@ def _crop(skip, size):
     return skip[..., top : top + size[0], left : left + size[1]]
 
 
-def check_conv3x3(case, backend):
-    got = conv3x3_relu(case["x"], case["weight"], case["bias"], skip=case["skip"], relu=case["relu"],
+def check_conv3x3(case, backend, seed):
+    # detach() keeps each layout (a clone would make the expanded views dense)
+    leaves = {k: case[k].detach().requires_grad_() for k in ("x", "weight", "bias", "skip") if case[k] is not None}
+    args = {**case, **leaves}
+    got = conv3x3_relu(args["x"], args["weight"], args["bias"], skip=args["skip"], relu=case["relu"],
                        pool=case["pool"], backend=backend)
     got = got if case["pool"] else (got,)
     expected, bounds = conv3x3_reference(**case)
@@ -122,43 +128,127 @@ def check_conv3x3(case, backend):
     for name, g, e, b in zip(("y", "pooled"), got, expected, bounds):
         assert g.shape == e.shape and g.dtype == case["x"].dtype, name
         assert_within(g, e, tolerance(b, e, terms, g.dtype, fp32_accumulation=backend == "triton"), name)
+    generator = torch.Generator().manual_seed(seed)
+    grads_out = [torch.randn(g.shape, generator=generator, dtype=torch.float64).to(g.dtype) for g in got]
+    grads = dict(zip(leaves, torch.autograd.grad(got, list(leaves.values()), grads_out)))
+    expected_grads = conv3x3_backward_reference(case, got[0].detach(), grads_out)
+    dtype = case["x"].dtype
+    for name, (want, bound, grad_terms) in expected_grads.items():
+        tol = tolerance(bound, want, grad_terms, dtype, fp32_accumulation=backend == "triton")
+        if case["pool"]:  # g = grad_y + routed grad_pooled is rounded to the dtype once before the sums
+            tol = tol + 2 * UNIT_ROUNDOFF[dtype] * bound
+        assert grads[name].shape == want.shape and grads[name].dtype == case[name].dtype, name
+        assert_within(grads[name], want, tol, f"grad of {name}")
+
+
+def conv3x3_backward_reference(case, y, grads_out):
+    """{input name: (gradient, error bound, terms per sum)} in float64 by PyTorch's backward formulas
+    (max_pool2d_with_indices_backward, threshold_backward, convolution_backward), with the pool's
+    argmax and the ReLU mask taken from the op's own y: its rounding may flip a near-tie or a sign
+    that the float64 y would decide the other way, a jump no tolerance covers."""
+    y = y.double()
+    g = grads_out[0].double()
+    if case["pool"]:
+        _, indices = torch.ops.aten.max_pool2d_with_indices(y, [2, 2], [2, 2])
+        g = g + torch.ops.aten.max_pool2d_with_indices_backward(
+            grads_out[1].double(), y, [2, 2], [2, 2], [0, 0], [1, 1], False, indices)
+    if case["relu"]:
+        g = torch.ops.aten.threshold_backward(g, y, 0)
+    x, skip, weight = case["x"].double(), case["skip"], case["weight"].double()
+    inputs = x if skip is None else torch.cat([_crop(skip.double(), x.shape[-2:]), x], 1)
+    conv_grads = [torch.ops.aten.convolution_backward(
+        grad, data, w, [weight.shape[0]], [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, True, True])
+        for grad, data, w in ((g, inputs, weight), (g.abs(), inputs.abs().nan_to_num(posinf=0), weight.abs()))]
+    (grad_inputs, grad_weight, grad_bias), (bound_inputs, bound_weight, bound_bias) = conv_grads
+    out = {"x": (grad_inputs[:, -x.shape[1]:], bound_inputs[:, -x.shape[1]:], 9 * weight.shape[0]),
+           "weight": (grad_weight, bound_weight, y[:, 0].numel())}
+    if case["bias"] is not None:
+        out["bias"] = (grad_bias, bound_bias, y[:, 0].numel())
+    if skip is not None:  # skip's gradient: the crop window's, zero around it
+        top, left = (skip.shape[-2] - x.shape[-2]) // 2, (skip.shape[-1] - x.shape[-1]) // 2
+        pad = (left, skip.shape[-1] - x.shape[-1] - left, top, skip.shape[-2] - x.shape[-2] - top)
+        out["skip"] = (F.pad(grad_inputs[:, : skip.shape[1]], pad), F.pad(bound_inputs[:, : skip.shape[1]], pad),
+                       9 * weight.shape[0])
+    return out
+
+
+def nan_pixel_case(pool: bool, dtype=torch.float32) -> dict:
+    """A NaN in x seen by every output window of y (and, with pool, an Inf in skip): where a y > 0
+    mask and PyTorch's threshold_backward part, the gradients of x, skip and the weight differ."""
+    generator = torch.Generator().manual_seed(5)
+    size = 6 if pool else 5
+    x = torch.randn(1, 2, size, size, generator=generator, dtype=dtype)
+    x[0, 1, 2, 2] = float("nan")
+    skip = torch.randn(1, 1, size + 2, size + 2, generator=generator, dtype=dtype)
+    skip[0, 0, 3, 4] = float("inf")
+    weight = torch.randn(3, 3, 3, 3, generator=generator, dtype=dtype) / 3
+    return dict(x=x, weight=weight, bias=torch.randn(3, generator=generator, dtype=dtype), skip=skip, relu=True,
+                pool=pool)
 
 
 @examples(ci=40)
-@given(conv3x3_cases("torch"))
+@given(conv3x3_cases("torch"), st.integers(0, 2**20))
+@example(nan_pixel_case(pool=False, dtype=torch.float64), 0).via("NaN pre-activation")
+@example(nan_pixel_case(pool=True), 1).via("NaN pre-activation, pooled")
 @counted("conv3x3_relu (torch)")
-def test_conv3x3_relu_torch_backend(case):
-    check_conv3x3(case, "torch")
+def test_conv3x3_relu_torch_backend(case, seed):
+    check_conv3x3(case, "torch", seed)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter's NaN matmuls
 @examples(ci=8)
-@given(conv3x3_cases("triton"))
+@given(conv3x3_cases("triton"), st.integers(0, 2**20))
+@example(nan_pixel_case(pool=False), 0).via("NaN pre-activation")
+@example(nan_pixel_case(pool=True), 1).via("NaN pre-activation, pooled")
 @counted("conv3x3_relu (triton, interpreter)")
-def test_conv3x3_relu_triton_backend(case):
-    check_conv3x3(case, "triton")
+def test_conv3x3_relu_triton_backend(case, seed):
+    check_conv3x3(case, "triton", seed)
+
+
+def check_pixel_gemm_conv(data, dtype, op, backend):
+    """Forward and the gradients of x, weight and bias against float64 autograd of F.conv2d /
+    F.conv_transpose2d, NaN and Inf included (no ReLU here: they propagate through the sums)."""
+    n, c_in, c_out = data.draw(st.integers(0, 2)), data.draw(st.integers(1, 5)), data.draw(st.integers(1, 5))
+    h, w = data.draw(st.integers(1, 6)), data.draw(st.integers(1, 6))
+    scale = data.draw(st.sampled_from(sorted(SCALES))) if dtype != torch.float16 else "unit"  # fp16 tops at 65504
+    x = lay_out(data.draw(tensors((n, c_in, h, w), dtype, scale)), data.draw(LAYOUTS))
+    shape = (c_out, c_in, 1, 1) if op == "conv1x1" else (c_in, c_out, 2, 2)
+    weight = data.draw(tensors(shape, dtype, "unit", special=False))
+    bias = data.draw(tensors((c_out,), dtype, "unit", special=False))
+    public, functional = (conv1x1, F.conv2d) if op == "conv1x1" else (upconv2x2, partial(F.conv_transpose2d, stride=2))
+    leaves = [t.detach().requires_grad_() for t in (x, weight, bias)]  # detach() keeps x's layout
+    got = public(*leaves, backend=backend)
+    grad_y = data.draw(tensors(tuple(got.shape), dtype, "unit", special=False))
+    got_grads = torch.autograd.grad(got, leaves, grad_y)
+    exact = [t.double().requires_grad_() for t in (x, weight, bias)]
+    magnitudes = [t.double().abs().nan_to_num(posinf=0).requires_grad_() for t in (x, weight, bias)]
+    expected, bound = functional(*exact), functional(*magnitudes)
+    assert got.shape == expected.shape and got.dtype == dtype
+    fp32_accumulation = backend == "triton"
+    assert_within(got, expected, tolerance(bound.detach(), expected.detach(), c_in + 1, dtype, fp32_accumulation), op)
+    # each gradient's sums: grad_x over the C_out (x 1 or 4 taps) outputs a pixel feeds, grad_weight
+    # and grad_bias over the N*H*W pixels
+    expected_grads = torch.autograd.grad(expected, exact, grad_y.double())
+    bounds = torch.autograd.grad(bound, magnitudes, grad_y.double().abs())
+    for name, g, e, b, terms in zip(("x", "weight", "bias"), got_grads, expected_grads, bounds,
+                                    (c_out * (1 if op == "conv1x1" else 4), n * h * w, n * h * w)):
+        assert g.shape == e.shape and g.dtype == dtype, name
+        assert_within(g, e, tolerance(b, e, terms, dtype, fp32_accumulation), f"{op}: grad of {name}")
 
 
 @examples(ci=20)
 @given(st.data(), st.sampled_from([torch.float64, torch.float32, torch.bfloat16]), st.sampled_from(["conv1x1", "upconv2x2"]))
 @counted("conv1x1 / upconv2x2 (torch)")
 def test_pixel_gemm_convs_torch_backend(data, dtype, op):
-    n, c_in, c_out = data.draw(st.integers(0, 2)), data.draw(st.integers(1, 5)), data.draw(st.integers(1, 5))
-    h, w = data.draw(st.integers(1, 6)), data.draw(st.integers(1, 6))
-    x = lay_out(data.draw(tensors((n, c_in, h, w), dtype, data.draw(st.sampled_from(sorted(SCALES))))), data.draw(LAYOUTS))
-    shape = (c_out, c_in, 1, 1) if op == "conv1x1" else (c_in, c_out, 2, 2)
-    weight = data.draw(tensors(shape, dtype, "unit", special=False))
-    bias = data.draw(tensors((c_out,), dtype, "unit", special=False))
-    if op == "conv1x1":
-        got = conv1x1(x, weight, bias, backend="torch")
-        expected, bound = (F.conv2d(v, w_, b) for v, w_, b in ((x.double(), weight.double(), bias.double()),
-                           (x.double().abs().nan_to_num(posinf=0), weight.double().abs(), bias.double().abs())))
-    else:
-        got = upconv2x2(x, weight, bias, backend="torch")
-        expected, bound = (F.conv_transpose2d(v, w_, b, stride=2) for v, w_, b in (
-            (x.double(), weight.double(), bias.double()),
-            (x.double().abs().nan_to_num(posinf=0), weight.double().abs(), bias.double().abs())))
-    assert got.shape == expected.shape and got.dtype == dtype
-    assert_within(got, expected, tolerance(bound, expected, c_in + 1, dtype), op)
+    check_pixel_gemm_conv(data, dtype, op, "torch")
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter's NaN matmuls
+@examples(ci=6)
+@given(st.data(), st.sampled_from([torch.float32, torch.float16]), st.sampled_from(["conv1x1", "upconv2x2"]))
+@counted("conv1x1 / upconv2x2 (triton, interpreter)")
+def test_pixel_gemm_convs_triton_backend(data, dtype, op):
+    check_pixel_gemm_conv(data, dtype, op, "triton")
 
 
 @examples(ci=30)
@@ -224,9 +314,9 @@ def test_elastic_warp_matches_grid_sample(data, dtype, interpolation, padding_mo
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_relu_backward_at_nan(backend):
-    """The torch backend passes the gradient at a NaN pre-activation as PyTorch's threshold_backward
-    does; the Triton kernels mask it with y > 0 (zero there). Every 3x3 window here sees the NaN
-    pixel, so the Triton input gradient is all zeros and PyTorch's is finite and non-zero."""
+    """Both backends pass the gradient at a NaN pre-activation as PyTorch's threshold_backward does.
+    Every 3x3 window here sees the NaN pixel, so a ``y > 0`` mask would give an all-zero input
+    gradient where PyTorch's is finite and non-zero."""
     x = torch.randn(1, 1, 5, 5, generator=torch.Generator().manual_seed(0))
     x[0, 0, 2, 2] = float("nan")
     weight = torch.randn(1, 1, 3, 3, generator=torch.Generator().manual_seed(1))
@@ -237,9 +327,6 @@ def test_relu_backward_at_nan(backend):
     y = F.conv2d(x_ref, weight.double())
     assert y.isnan().all()
     gx_torch, = torch.autograd.grad(F.relu(y), (x_ref,), grad.double())
-    if backend == "torch":
-        # the input gradient sums <= 9 products of unit-scale terms in fp32
-        torch.testing.assert_close(gx_op.double(), gx_torch, rtol=0, atol=9 * 2.0**-24 * 8)
-        assert gx_torch.abs().sum() > 0
-    else:
-        assert torch.equal(gx_op, torch.zeros_like(gx_op))
+    assert gx_torch.abs().sum() > 0
+    # the input gradient sums <= 9 products of unit-scale terms in fp32
+    torch.testing.assert_close(gx_op.double(), gx_torch, rtol=0, atol=9 * 2.0**-24 * 8)

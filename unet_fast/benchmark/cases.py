@@ -34,7 +34,8 @@ class Shape:
     ``size`` the input height and width, ``tiled_size`` the image side for inference-tiled and
     ``tile_size`` the tile size passed to ``predict_tiled`` (batch_size is ``batch``);
     ``tiled_devices`` where inference-tiled is measured with this shape (once per model and device,
-    as the image is the same), ``cpu_ok`` whether the shape is small enough for a CPU."""
+    as the image is the same), ``cpu_ok`` whether the shape is small enough for a CPU, ``cuda_ok``
+    whether it is worth a GPU's time (the CPU-sized ones are not)."""
 
     name: str
     config: dict = field(hash=False)
@@ -44,10 +45,12 @@ class Shape:
     tile_size: int
     tiled_devices: tuple[str, ...] = ()
     cpu_ok: bool = True
+    cuda_ok: bool = True
 
 
 PAPER = {"in_channels": 1, "num_classes": 2, "base_channels": 64, "depth": 5}
 HALF_WIDTH = dict(PAPER, base_channels=32)
+QUARTER_WIDTH = dict(PAPER, base_channels=16)
 TINY = {"in_channels": 1, "num_classes": 2, "base_channels": 8, "depth": 3}
 
 QUICK_SHAPES = (
@@ -58,9 +61,13 @@ STANDARD_SHAPES = (
     Shape("paper-572-b8", PAPER, batch=8, size=572, tiled_size=4096, tile_size=572, tiled_devices=("cuda",), cpu_ok=False),
     Shape("paper-572-b1", PAPER, batch=1, size=572, tiled_size=4096, tile_size=572, tiled_devices=("cpu",)),
     Shape("w32-572-b8", HALF_WIDTH, batch=8, size=572, tiled_size=4096, tile_size=572, cpu_ok=False),
+    # the narrower models at batch 1: what CPU training and a first hour on a laptop run
+    Shape("w32-572-b1", HALF_WIDTH, batch=1, size=572, tiled_size=4096, tile_size=572, cuda_ok=False),
+    Shape("w16-572-b1", QUARTER_WIDTH, batch=1, size=572, tiled_size=4096, tile_size=572, cuda_ok=False),
 )
 CPU_TILED_SIZE = 768
 CPU_SKIP_REASON = "batch 8 at 572x572 takes minutes per step on a CPU; run it on a GPU"
+CUDA_SKIP_REASON = "a CPU-sized case (batch 1, narrow model): the GPU runs the batch-8 shapes"
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Large-image inference: throughput and peak host memory against image size, streamed vs in memory.
 
-    python benchmarks/bench_large_inference.py [--sizes 1024,2048,4096] [--in-memory-max 2048]
+    python benchmarks/bench_large_inference.py [--sizes 1024,4096,8192,16384] [--in-memory-max 4096]
         [--json benchmarks/results/cpu/large_inference.json] [--plot benchmarks/results/cpu/large_inference.png]
 
 For every square size a synthetic EM mosaic (uint8, tiled TIFF) is written, then segmented in a
@@ -92,8 +92,8 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="1024,2048,4096", help="comma-separated square image edges")
-    parser.add_argument("--in-memory-max", type=int, default=2048, help="largest size for the in-memory peer")
+    parser.add_argument("--sizes", default="1024,4096,8192,16384", help="comma-separated square image edges")
+    parser.add_argument("--in-memory-max", type=int, default=4096, help="largest size for the in-memory peer")
     parser.add_argument("--json", default="benchmarks/results/cpu/large_inference.json")
     parser.add_argument("--plot", default="benchmarks/results/cpu/large_inference.png")
     args = parser.parse_args(argv)

@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 from unet_fast.benchmark import measure
-from unet_fast.benchmark.cases import BASELINE, CPU_SKIP_REASON, Plan, Shape
+from unet_fast.benchmark.cases import BASELINE, CPU_SKIP_REASON, CUDA_SKIP_REASON, Plan, Shape
 from unet_fast.benchmark.environment import describe
 from unet_fast.benchmark.flops import forward_flops, train_step_flops
 from unet_fast.benchmark.ops import run_op_benchmarks
@@ -63,6 +63,8 @@ def run_case(mode: str, shape: Shape, dtype: str, plan: Plan, peaks: dict, skip_
     base = _case_fields(mode, shape, dtype, device)
     if skip_reason is None and device.type == "cpu" and not shape.cpu_ok:
         skip_reason = CPU_SKIP_REASON
+    if skip_reason is None and device.type == "cuda" and not shape.cuda_ok:
+        skip_reason = CUDA_SKIP_REASON
     if skip_reason is None and mode == "inference-tiled" and device.type not in shape.tiled_devices:
         skip_reason = "inference-tiled is measured once per model and device (same image), on another shape"
     if skip_reason is None and mode == "inference-tiled":

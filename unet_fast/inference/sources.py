@@ -5,8 +5,10 @@ slice ``z`` as a (C, h, w) NumPy array, read from the file without loading the r
 letters over the array's axes: ``Y``, ``X`` (required), ``C`` (channels), ``Z`` (a stack of 2-D
 slices, each segmented on its own) and ``T`` (a time axis of size 1, as OME-Zarr has).
 
-Normalisation follows the training data loader (:mod:`unet_fast.data.folder`, ``normalize="dtype"``):
-8-bit / 255, 16-bit / 65535, bool as 0/1, floats as they are (they must lie in [0, 1]).
+Normalisation follows the training data loader (:mod:`unet_fast.data.folder`): ``normalize="dtype"``
+(default) divides 8-bit by 255 and 16-bit by 65535, takes bool as 0/1 and floats as they are (they
+must lie in [0, 1]); ``"minmax"`` rescales each slice by its own minimum and maximum, found by one
+extra pass over the slice, band by band.
 """
 from __future__ import annotations
 
@@ -77,7 +79,9 @@ def layout_from_channel_axis(ndim: int, channel_axis: int, name: str) -> str:
 class ArraySource:
     """An array-like (``shape``, ``dtype``, NumPy slicing) with a layout, read lazily as (Z, C, H, W)."""
 
-    def __init__(self, array, layout: str, name: str):
+    MINMAX_BAND_ROWS = 256  # rows read at a time by the min/max pass
+
+    def __init__(self, array, layout: str, name: str, normalize: str = "dtype"):
         shape = tuple(int(s) for s in array.shape)
         layout = layout.upper()
         if len(layout) != len(shape) or sorted(layout) != sorted(set(layout)) or not set(layout) <= set("TZCYX") \
@@ -86,7 +90,8 @@ class ArraySource:
                              "from T, Z, C, Y, X; Y and X required)")
         if "T" in layout and shape[layout.index("T")] != 1:
             raise ValueError(f"{name}: a time axis of {shape[layout.index('T')]} points; segment one time point")
-        self.array, self.layout, self.name = array, layout, name
+        self.array, self.layout, self.name, self.normalize_mode = array, layout, name, normalize
+        self._ranges: dict[int, tuple[np.float64, np.float64]] = {}
         self.dtype = np.dtype(array.dtype)
         size = dict(zip(layout, shape))
         self.shape = (size.get("Z", 1), size.get("C", 1), size["Y"], size["X"])
@@ -112,8 +117,23 @@ class ArraySource:
             return window[None]
         return np.moveaxis(window, kept.index("C"), 0)
 
-    def normalize(self, window: np.ndarray) -> np.ndarray:
-        """float32 in [0, 1] as the training loader normalises (module docstring)."""
+    def value_range(self, z: int) -> tuple[np.float64, np.float64]:
+        """The minimum and maximum of slice ``z`` (all channels), read band by band once."""
+        if z not in self._ranges:
+            height, width = self.shape[2:]
+            low, high = np.inf, -np.inf
+            for top in range(0, height, self.MINMAX_BAND_ROWS):
+                band = self.read(z, slice(top, min(top + self.MINMAX_BAND_ROWS, height)), slice(0, width))
+                low, high = min(low, band.min()), max(high, band.max())
+            self._ranges[z] = (np.float64(low), np.float64(high))
+        return self._ranges[z]
+
+    def normalize(self, window: np.ndarray, z: int) -> np.ndarray:
+        """float32 in [0, 1] as the training loader normalises (module docstring); ``z``: its slice."""
+        if self.normalize_mode == "minmax":  # the loader's arithmetic, in float64, so the values agree
+            low, high = self.value_range(z)
+            scaled = (window.astype(np.float64) - low) / (high - low) if high > low else np.zeros(window.shape)
+            return scaled.astype(np.float32)
         if self.dtype == bool:
             return window.astype(np.float32)
         if np.issubdtype(self.dtype, np.integer):
@@ -146,12 +166,18 @@ def _ome_level(group, name: str):
     return array, layout
 
 
-def open_source(source, *, in_channels: int, layout: str | None = None, channel_axis: int | None = None):
+def open_source(source, *, in_channels: int, layout: str | None = None, channel_axis: int | None = None,
+                normalize: str = "dtype"):
     """An :class:`ArraySource` for a path (TIFF, Zarr, OME-Zarr), a zarr array or any array-like.
 
     ``layout`` (letters, see the module docstring) or ``channel_axis`` override what the file says
-    or the shape suggests. ValueError naming the source for anything unreadable or ambiguous.
+    or the shape suggests; ``normalize``: "dtype" or "minmax" (module docstring). ValueError naming
+    the source for anything unreadable or ambiguous.
     """
+    from unet_fast.data.folder import NORMALIZE_MODES
+
+    if normalize not in NORMALIZE_MODES:
+        raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
     if layout is not None and channel_axis is not None:
         raise ValueError("give layout or channel_axis, not both")
     if isinstance(source, (str, Path)):
@@ -181,7 +207,7 @@ def open_source(source, *, in_channels: int, layout: str | None = None, channel_
         layout = layout_from_channel_axis(len(array.shape), channel_axis, name)
     if layout is None:
         layout = known or guess_layout(tuple(array.shape), in_channels, name)
-    return ArraySource(array, layout, name)
+    return ArraySource(array, layout, name, normalize)
 
 
 def _open_tiff(path: Path):

@@ -9,7 +9,8 @@ band of the source plus ``PREFETCH`` batches of tiles and the model, whatever th
 (measured in benchmarks/bench_large_inference.py).
 
 Under ``torch.distributed`` (``torchrun``) every rank takes a contiguous share of the chunks, so no
-two ranks write one chunk; rank 0 creates the store and finishes it.
+two ranks write one chunk; rank 0 creates the store and finishes it. With ``distributed=False`` a
+rank predicts the whole source alone (the ``predict`` command's rule when the ranks divide whole files).
 """
 from __future__ import annotations
 
@@ -27,14 +28,18 @@ from unet_fast import shapes
 from unet_fast.inference.geometry import ChunkPlan
 from unet_fast.inference.sinks import ZarrSink, check_tiff_output, is_tiff_path, partial_store, zarr_labels_to_bigtiff
 from unet_fast.inference.sources import open_source
-from unet_fast.inference.tiling import (DIHEDRAL, _check_int, _inverse_transform, _model_config, _smallest_tile, _unwrap,
-                                        context_margin, default_tile_size)
+from unet_fast.inference.tiling import (DEFAULT_TILE_SIZE, DIHEDRAL, _check_int, _inverse_transform, _model_config,
+                                        _smallest_tile, _unwrap, context_margin, default_tile_size, model_device)
 
 PREFETCH = 2  # batches queued between the reader, the model and the writer
 # Tiles per forward pass. On CPU a batch of 4 tiles of 572 px through UNet(base_channels=2, depth=2)
 # alone raises the peak RSS by ~230 MB (ru_maxrss), so streaming there defaults to 2 tiles.
 DEFAULT_BATCH_SIZE = {"cuda": 4, "cpu": 2}
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# Without tile_size, a streamed tile on CUDA grows past predict_tiled's 572 up to this edge when the
+# memory model says it fits: larger tiles recompute less overlap (depth 5 keeps 388 of 572 px, 2.2x
+# the output's area in work; 1860 of 2044, 1.2x). On CPU the cap stays 572.
+CUDA_TILE_CAP = 2048
 
 
 class _Background:
@@ -100,7 +105,7 @@ def _model_digest(model) -> str:
 def _window(band: np.ndarray, band_origin: tuple[int, int], job, source) -> np.ndarray:
     """The job's normalised, mirror-padded input (C, tile_h, tile_w) in the transformed frame."""
     rows, cols = job.rows - band_origin[0], job.cols - band_origin[1]
-    window = source.normalize(band[:, rows][:, :, cols])
+    window = source.normalize(band[:, rows][:, :, cols], job.chunk[0])
     window[:, ~job.rows_valid] = 0
     window[:, :, ~job.cols_valid] = 0
     return np.ascontiguousarray(window.transpose(0, 2, 1)) if job.transpose else window
@@ -155,7 +160,8 @@ class _ChunkAssembler:
 
 
 def _settings(model, config, source, plan, tile_cap, tta, probs, amp) -> dict:
-    return {"source_shape": list(source.shape), "layout": source.layout, "tile_cap": tile_cap,
+    return {"source_shape": list(source.shape), "layout": source.layout, "normalize": source.normalize_mode,
+            "tile_cap": tile_cap,
             "chunks": list(plan.chunk_shape), "tta": tta, "probs": probs, "amp": amp,
             "num_classes": config["num_classes"], "model": _model_digest(model)}
 
@@ -165,7 +171,8 @@ def _tile_cap(model, config, tile_size, batch_size, device) -> int:
     margin = context_margin(depth, padding, config["up_mode"])
     smallest = _smallest_tile(depth, padding, margin)
     if tile_size is None:
-        return default_tile_size(model, batch_size, device)
+        return default_tile_size(model, batch_size, device, cap=CUDA_TILE_CAP if device.type == "cuda"
+                                 else DEFAULT_TILE_SIZE)
     _check_int("tile_size", tile_size, 1)
     if tile_size < smallest:
         raise ValueError(f"tile_size={tile_size} is too small for a depth-{depth} U-Net with padding={padding!r}: "
@@ -177,7 +184,7 @@ def predict_large(model, source, out, *, tile_size: int | None = None, batch_siz
                   tta: bool = False, probs: bool = False, amp: str | None = None, device=None,
                   resume: bool = False, overwrite: bool = False, progress: bool = True,
                   group: str | None = None, layout: str | None = None, channel_axis: int | None = None,
-                  channels_last: bool = False) -> dict:
+                  normalize: str = "dtype", channels_last: bool = False, distributed: bool = True) -> dict:
     """Segment ``source`` tile by tile into ``out`` without holding the image or its output in memory.
 
     Args:
@@ -186,39 +193,45 @@ def predict_large(model, source, out, *, tile_size: int | None = None, batch_siz
             (its full-resolution level), a NumPy (memmap) array or any array-like with ``shape``,
             ``dtype`` and slicing; (H, W), (C, H, W), (H, W, C) or stacks (Z, H, W), (Z, C, H, W),
             (Z, H, W, C). Ambiguous shapes need ``layout`` (e.g. ``"ZYX"``) or ``channel_axis``.
-            Integers are normalised as in training (8-bit / 255, 16-bit / 65535).
+            ``normalize`` as the training loader's: "dtype" (8-bit / 255, 16-bit / 65535) or
+            "minmax" (each slice by its own range, at the cost of one more pass over it).
         out: a ``.zarr`` path (``labels`` and, with ``probs``, float16 ``probs`` at the root or in
             ``group``) or a ``.tif``/``.tiff`` path for a BigTIFF of the labels.
-        tile_size, batch_size: largest tile edge (default as ``predict_tiled``) and tiles per pass (4; 2 on CPU).
+        tile_size, batch_size: largest tile edge and tiles per pass (4; 2 on CPU). Default tile: as
+            ``predict_tiled`` (the largest whose activations fit the free device memory), up to
+            ``CUDA_TILE_CAP`` on CUDA and 572 elsewhere.
         tta: average over the 8 flips and rotations, each in its own aligned frame (as ``predict_tiled``).
-        amp: None, "bf16" or "fp16" autocast. device: default the model's. channels_last: feed
-            channels-last batches (convert the model yourself).
+        amp: None, "bf16" or "fp16" autocast. device: the model's parameters' (the default; a
+            device given must be that one). channels_last: feed channels-last batches (convert the
+            model yourself).
         resume: finish an interrupted run, skipping recorded chunks; overwrite: replace an output.
         progress: a tqdm bar on rank 0 (tiles, tiles/s, megapixels/s, ETA).
+        distributed: under ``torch.distributed``, divide the chunks among the ranks (every rank must
+            call with the same arguments); False: this process writes the whole output alone.
 
     Returns:
         ``{"tiles", "chunks", "seconds", "megapixels_per_s", "out"}`` for this rank's share.
     """
     config = _model_config(model)
-    for name, flag in (("tta", tta), ("probs", probs), ("resume", resume), ("overwrite", overwrite)):
+    for name, flag in (("tta", tta), ("probs", probs), ("resume", resume), ("overwrite", overwrite),
+                       ("distributed", distributed)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
     if amp not in (None, *AMP_DTYPES):
         raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
-    parameter = next(iter(model.parameters()), None)
-    device = torch.device(device) if device is not None else (parameter.device if parameter is not None
-                                                              else torch.device("cpu"))
+    device = model_device(model, device)
     if batch_size is None:
         batch_size = DEFAULT_BATCH_SIZE.get(device.type, 4)
     _check_int("batch_size", batch_size, 1)
-    src = open_source(source, in_channels=config["in_channels"], layout=layout, channel_axis=channel_axis)
+    src = open_source(source, in_channels=config["in_channels"], layout=layout, channel_axis=channel_axis,
+                      normalize=normalize)
     stack, channels, height, width = src.shape
     if channels != config["in_channels"]:
-        raise ValueError(f"{src.name} has {channels} channel(s) (layout {src.layout}) but the model takes "
+        raise ValueError(f"source {src.name} has {channels} channel(s) (layout {src.layout}) but the model takes "
                          f"{config['in_channels']}; give layout/channel_axis if the axes were misread")
     tiff_out = is_tiff_path(out)
     if tiff_out and probs:
-        raise ValueError(f"{out}: a TIFF output holds the labels only; write probabilities to a .zarr output")
+        raise ValueError(f"probs=True needs a .zarr output: {out} is a TIFF, which holds the labels only")
     if not tiff_out and Path(out).suffix.lower() != ".zarr":
         raise ValueError(f"out must be a .zarr store or a .tif/.tiff path, got {out}")
 
@@ -227,7 +240,7 @@ def predict_large(model, source, out, *, tile_size: int | None = None, batch_siz
     transforms = DIHEDRAL if tta else DIHEDRAL[:1]
     plan = ChunkPlan(height, width, tile_cap=tile_cap, margin=context_margin(depth, padding, config["up_mode"]),
                      border=shapes.border(depth, padding), depth=depth, padding=padding, transforms=transforms)
-    rank, world = _rank_and_world()
+    rank, world = _rank_and_world() if distributed else (0, 1)
     if tiff_out and rank == 0:
         check_tiff_output(out, resume, overwrite)
     store = partial_store(out) if tiff_out else Path(out)

@@ -101,15 +101,15 @@ def free_device_memory(device: torch.device) -> int | None:
 
 
 def default_tile_size(model: nn.Module, batch_size: int = 4, device: torch.device | None = None,
-                      dtype: torch.dtype | None = None) -> int:
+                      dtype: torch.dtype | None = None, cap: int = DEFAULT_TILE_SIZE) -> int:
     """The tile edge ``predict_tiled`` uses when none is given: the largest valid input size up to
-    ``DEFAULT_TILE_SIZE`` (572) whose :func:`tile_activation_bytes` for ``batch_size`` tiles fits
+    ``cap`` (572) whose :func:`tile_activation_bytes` for ``batch_size`` tiles fits
     ``MEMORY_FRACTION`` of the device's free memory (CUDA only; elsewhere the size cap alone), and
     never smaller than the smallest usable tile. ``device``/``dtype``: default the model's."""
     config = _model_config(model)
     depth, padding = config["depth"], config["padding"]
     smallest = _smallest_tile(depth, padding, context_margin(depth, padding, config["up_mode"]))
-    largest = max(shapes.largest_valid_input_size(DEFAULT_TILE_SIZE, depth, padding) or 0, smallest)
+    largest = max(shapes.largest_valid_input_size(cap, depth, padding) or 0, smallest)
     parameter = next(iter(model.parameters()), None)
     if device is None:
         device = parameter.device if parameter is not None else torch.device("cpu")
@@ -202,6 +202,27 @@ def _smallest_tile(depth: int, padding: str, margin: int) -> int:
     return shapes.valid_input_size(2 * margin + 2 ** (depth - 1), depth, padding)
 
 
+def model_device(model: nn.Module, device=None) -> torch.device:
+    """Where ``model`` runs: ``device`` when given (it must be where the parameters are), else the
+    parameters' device (the CPU for a model without any). Errors name the argument."""
+    parameter = next(iter(model.parameters()), None)
+    if parameter is not None and parameter.device.type == "meta":
+        raise ValueError("model has its parameters on the meta device, which holds no values: load its weights first")
+    if device is None:
+        return parameter.device if parameter is not None else torch.device("cpu")
+    try:
+        device = torch.device(device)
+    except (TypeError, RuntimeError):
+        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', got {device!r}") from None
+    if device.type == "meta":
+        raise ValueError("device must be one that holds values, such as 'cpu' or 'cuda:0', got 'meta'")
+    home = parameter.device if parameter is not None else device
+    if home.type != device.type or None not in (home.index, device.index) and home.index != device.index:
+        raise ValueError(f"device {device} is not where the model's parameters are ({parameter.device}): "
+                         f"move the model with model.to({str(device)!r}) or leave device unset")
+    return device
+
+
 def _check_int(name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
@@ -290,6 +311,8 @@ def predict_tiled(model, image, *, tile_size: int | None = None, batch_size: int
         )
     if batch.shape[0] < 1 or batch.shape[-1] < 1 or batch.shape[-2] < 1:
         raise ValueError(f"image must be non-empty, got shape {tuple(image.shape)}")
+    if image.device.type == "meta":
+        raise ValueError("image is on the meta device, which holds no values: pass a CPU or CUDA tensor")
     _check_int("batch_size", batch_size, 1)
     if not isinstance(tta, bool):
         raise TypeError(f"tta must be a bool, got {type(tta).__name__}")
@@ -309,7 +332,7 @@ def predict_tiled(model, image, *, tile_size: int | None = None, batch_size: int
         tile_cap = shapes.largest_valid_input_size(tile_size, depth, padding)
 
     parameter = next(iter(model.parameters()), None)
-    device = parameter.device if parameter is not None else batch.device
+    device = model_device(model) if parameter is not None else batch.device
     dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
     was_training = model.training
     model.eval()

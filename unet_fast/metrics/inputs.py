@@ -13,6 +13,8 @@ import torch
 def as_array(name: str, value) -> np.ndarray:
     """A tensor or array as a numpy array of shape (H, W) or (N, H, W)."""
     if isinstance(value, torch.Tensor):
+        if value.device.type == "meta":
+            raise ValueError(f"{name} is on the meta device, which holds no values: pass a CPU or CUDA tensor")
         value = value.detach().cpu().numpy()
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(value).__name__}")
@@ -48,10 +50,14 @@ def foreground_pair(pred, target, foreground: int = 1, threshold: float | None =
     pred is a class map (``threshold=None``: foreground where pred == foreground) or the
     foreground probability (foreground where pred >= threshold); target is always a class map.
     """
+    if isinstance(foreground, bool) or not isinstance(foreground, (int, np.integer)):
+        raise TypeError(f"foreground must be an integer class id, got {type(foreground).__name__} {foreground!r}")
     target = as_label_array("target", target)
     if threshold is None:
         pred_mask = as_label_array("pred", pred) == foreground
     else:
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)):
+            raise TypeError(f"threshold must be a number in [0, 1] or None, got {type(threshold).__name__}")
         threshold = float(threshold)
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must lie in [0, 1], got {threshold}")

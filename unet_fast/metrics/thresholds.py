@@ -67,7 +67,10 @@ def best_over_thresholds(metric, probs, target, thresholds, foreground: int = 1)
         the first best threshold on ties.
     """
     metric = get_metric(metric) if isinstance(metric, str) else metric
-    thresholds = [float(t) for t in np.atleast_1d(np.asarray(thresholds, dtype=np.float64))]
+    try:
+        thresholds = [float(t) for t in np.atleast_1d(np.asarray(thresholds, dtype=np.float64))]
+    except (TypeError, ValueError):
+        raise TypeError(f"thresholds must be a sequence of numbers in [0, 1], got {thresholds!r}") from None
     if not thresholds:
         raise ValueError("thresholds must not be empty")
     values = [metric.function(probs, target, foreground=foreground, threshold=t) for t in thresholds]

@@ -15,7 +15,7 @@ from unet_fast.ops._layout import output_memory_format
 from unet_fast.ops._numerics import FLOAT_DTYPES, autocast_cast, autocast_disabled, autocast_dtype
 from unet_fast.ops._validation import check_same, check_tensor
 from unet_fast.ops.backend import check_backend, resolve_backend
-from unet_fast.triton.runtime import MAX_PIXELS, pixel_rows
+from unet_fast.triton.runtime import MAX_PIXELS, check_pixels, pixel_rows
 
 
 def check_common(x, weight, bias, backend):
@@ -31,8 +31,10 @@ def check_common(x, weight, bias, backend):
     if bias is not None:
         check_same("bias", bias, "x", x)
     resolved = resolve_backend(backend, x.device, x.dtype)
-    if resolved == "triton" and backend == "auto" and not fits_pixel_kernels(x):
-        resolved = "torch"  # PyTorch for what the kernels cannot index; "triton" raises in the launcher
+    if backend == "triton":
+        check_pixels(pixel_rows(x))  # here, before the custom op dispatches (the launchers check again)
+    elif resolved == "triton" and not fits_pixel_kernels(x):
+        resolved = "torch"  # "auto": PyTorch for what the kernels cannot index
     return x, weight, bias, resolved
 
 

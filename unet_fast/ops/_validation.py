@@ -15,6 +15,12 @@ def check_tensor(name: str, t, *, dim: int | None = None, dtypes=None) -> None:
         raise TypeError(f"{name} must have dtype {allowed}; got {t.dtype}")
 
 
+def check_has_values(name: str, t: torch.Tensor) -> None:
+    """ValueError for a meta tensor where the op reads values (shape-only meta tensors hold none)."""
+    if t.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device, which holds no values: pass a CPU or CUDA tensor")
+
+
 def check_same(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor, *, dtype: bool = True) -> None:
     if a.device != b.device:
         raise ValueError(f"{name_a} is on {a.device} but {name_b} is on {b.device}")

@@ -9,10 +9,12 @@ import numpy as np
 import torch
 
 from unet_fast import _ext
+from unet_fast.ops._validation import check_has_values
 
 
 def as_long_tensor(name: str, value) -> torch.Tensor:
-    """``value`` (an integer tensor or array, (H, W) or (N, H, W)) as an int64 tensor; errors name it."""
+    """``value`` (an integer tensor or array, (H, W) or (N, H, W), not on the meta device) as an int64
+    tensor; errors name it."""
     if isinstance(value, np.ndarray):
         value = torch.from_numpy(value)
     if not isinstance(value, torch.Tensor):
@@ -21,6 +23,7 @@ def as_long_tensor(name: str, value) -> torch.Tensor:
         raise TypeError(f"{name} must have an integer dtype, got {value.dtype}")
     if value.dim() not in (2, 3):
         raise ValueError(f"{name} must be (H, W) or (N, H, W), got shape {tuple(value.shape)}")
+    check_has_values(name, value)  # the distances are computed from its values on the CPU
     return value.to(torch.int64)
 
 

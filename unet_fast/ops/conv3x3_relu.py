@@ -21,6 +21,9 @@ import torch.nn.functional as F
 from unet_fast.ops._numerics import FLOAT_DTYPES, autocast_cast, autocast_disabled, autocast_dtype, conv_allows_tf32
 from unet_fast.ops._validation import check_same, check_tensor
 from unet_fast.ops.center_crop_concat import center_crop_concat_backward
+from unet_fast.ops.max_pool2x2 import max_pool2x2
+from unet_fast.ops.onednn import conv3x3_relu_cpu
+from unet_fast.ops.relu_pool_backward import relu_pool_backward
 from unet_fast.ops.backend import TRITON_DTYPES, check_backend, choose, resolve_backend, runs_triton, triton_available
 from unet_fast.reference.functional import center_crop_concat
 from unet_fast.triton.runtime import check_crop, input_precision
@@ -59,7 +62,9 @@ def conv3x3_relu(
     Returns:
         y (N, C_out, H - 2, W - 2), or (y, pooled) with pooled (N, C_out, (H - 2)/2, (W - 2)/2) when
         pool=True; channels_last, x's dtype (the autocast dtype under torch.autocast). Differentiable
-        in x, skip, weight and bias; each gradient comes back in its input's dtype. fp32 inputs use
+        in x, skip, weight and bias; each gradient comes back in its input's dtype. The ReLU's
+        gradient is PyTorch's (``threshold_backward``: zero where y <= 0, passed where y is NaN) and
+        the pool's goes to each window's first maximum (or NaN), on every backend. fp32 inputs use
         TF32 exactly when PyTorch's convolution would (``conv_allows_tf32()``).
 
     Under torch.autocast x, skip and bias are cast to the autocast dtype (float64 stays as it is, as
@@ -130,11 +135,20 @@ def _validate(x, weight, bias, skip, relu, pool, backend, weight_cast=False) -> 
         )
 
 
-def composite_forward(x, weight, bias, skip, *, relu: bool, pool: bool,
-                      memory_format=torch.channels_last) -> tuple[torch.Tensor, torch.Tensor | None]:
+def composite_forward(x, weight, bias, skip, *, relu: bool, pool: bool, memory_format=torch.channels_last,
+                      own_backward: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(y, pooled or None) from PyTorch ops (differentiable by autograd): the one PyTorch formulation of
-    the op, which the kernels are tested against and the "torch" backends (op and blocks) run."""
+    the op, which the kernels are tested against and the "torch" backends (op and blocks) run.
+
+    ``own_backward``: the caller differentiates with ``composite_backward`` (the block ops), so on CPU
+    the conv + ReLU may run as one oneDNN primitive (``unet_fast.ops.onednn``) and the pool as the
+    C++ ``max_pool2x2``, neither of which autograd can differentiate. Same values either way."""
     inputs = x if skip is None else center_crop_concat(skip, x)
+    if own_backward and relu and inputs.device.type == "cpu":
+        # a 1-channel input is in both layouts at once, so oneDNN may answer in the other one
+        y = conv3x3_relu_cpu(inputs.contiguous(memory_format=memory_format), weight, bias)
+        y = y.contiguous(memory_format=memory_format)
+        return y, (max_pool2x2(y).contiguous(memory_format=memory_format) if pool else None)
     y = F.conv2d(inputs, weight, bias)
     if relu:
         y = F.relu(y)
@@ -145,13 +159,8 @@ def composite_forward(x, weight, bias, skip, *, relu: bool, pool: bool,
 def composite_backward(grad_y, grad_pooled, x, skip, weight, y, *, relu: bool, needs_input_grad):
     """(grad_x, grad_skip, grad_weight, grad_bias) of ``composite_forward`` from x, skip and y only, in
     ATen ops; needs_input_grad = (x, skip, weight, bias), a gradient not needed comes back None."""
-    g = torch.zeros_like(y) if grad_y is None else grad_y
-    if grad_pooled is not None:  # routed to each window's argmax, recomputed from y (PyTorch's tie rule)
-        _, indices = torch.ops.aten.max_pool2d_with_indices(y, [2, 2], [2, 2])
-        g = g + torch.ops.aten.max_pool2d_with_indices_backward(
-            grad_pooled, y, [2, 2], [2, 2], [0, 0], [1, 1], False, indices)
-    if relu:
-        g = torch.where(y > 0, g, torch.zeros_like(g))
+    # the gradient at the conv's output: pool route, incoming gradient and ReLU mask (one C++ pass on CPU)
+    g = relu_pool_backward(y, grad_y, grad_pooled, relu=relu)
     inputs = x if skip is None else center_crop_concat(skip, x)
     need_x, need_skip, need_weight, need_bias = needs_input_grad
     need_inputs = need_x or need_skip

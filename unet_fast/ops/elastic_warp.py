@@ -13,6 +13,9 @@ from unet_fast.ops._validation import check_same, check_tensor
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 PADDING_MODES = ("zeros", "border", "reflection")
 INTEGER_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+# Source coordinates are clamped to +-2^22 pixels (exact in fp32 with a fraction to spare), and the
+# kernels take images below that size (csrc/ops/elastic_warp_checks.h)
+MAX_IMAGE_SIZE = 2**22 - 1
 
 
 def elastic_warp(
@@ -44,7 +47,7 @@ def elastic_warp(
 
     Args:
         image: (N, C, H, W) float16/bfloat16/float32/float64, or an integer tensor (N, H, W) or
-            (N, C, H, W), which is always sampled nearest and copied exactly.
+            (N, C, H, W), which is always sampled nearest and copied exactly; 1 <= H, W < 2^22.
         displacement: (N, 2, gh, gw) float, (dy, dx) in pixels, finite. (gh, gw) == (H, W) is a dense
             per-pixel field; otherwise a coarse grid with control points at linspace(0, H-1, gh) x
             linspace(0, W-1, gw), upsampled on the fly exactly like
@@ -77,8 +80,9 @@ def warp(image, displacement, *, label, weight, affine, interpolation, padding_m
     ``check_finite=False`` skips the finiteness checks (each is a device synchronisation on CUDA;
     they are skipped under torch.compile too, where they would be data-dependent branches),
     ``always_tuple=True`` returns (image, label, weight) even without label and weight."""
-    check_finite = check_finite and not torch.compiler.is_compiling()
     check_tensor("image", image, dtypes=FLOAT_DTYPES + INTEGER_DTYPES)
+    # meta tensors (shapes only) hold no values to check
+    check_finite = check_finite and not torch.compiler.is_compiling() and image.device.type != "meta"
     integer_image = image.dtype in INTEGER_DTYPES
     if integer_image and image.dim() == 3:
         image4 = image.unsqueeze(1)
@@ -90,6 +94,9 @@ def warp(image, displacement, *, label, weight, affine, interpolation, padding_m
     n, _, height, width = image4.shape
     if height < 1 or width < 1:
         raise ValueError(f"image height and width must be at least 1, got {(height, width)}")
+    if max(height, width) > MAX_IMAGE_SIZE:
+        raise ValueError(f"image height and width must be at most {MAX_IMAGE_SIZE} (2^22 - 1, the kernels' "
+                         f"coordinate range), got {(height, width)}: warp tiles of it (out_size, offset)")
     acc_dtype = torch.float64 if image.dtype == torch.float64 else torch.float32
 
     check_tensor("displacement", displacement, dim=4, dtypes=FLOAT_DTYPES)

@@ -28,7 +28,7 @@ class TrainConfig:
     num_classes: int = 2  # label values in [0, num_classes); the synthetic data set has 2
     out: str = "runs/train"
     steps: int = 400
-    model: str = "auto"  # auto: the fast model on CUDA, the reference on CPU
+    model: str = "auto"  # auto: the fast model wherever this build has it (CUDA and CPU), else the reference
     base_channels: int = 64
     depth: int = 5
     padding: str = "valid"
@@ -67,7 +67,7 @@ class TrainConfig:
 
     def resolved(self, device: torch.device) -> "TrainConfig":
         """A copy with the derived defaults filled in: the optimizer's learning rate, the checkpoint
-        interval, and for model "auto" the fused model on CUDA, the reference elsewhere."""
+        interval, and for model "auto" the fused model (on any device; the reference if this build lacks it)."""
         c = dataclasses.replace(self)
         if c.lr is None and c.optimizer in DEFAULT_LR:
             c.lr = DEFAULT_LR[c.optimizer]
@@ -76,7 +76,7 @@ class TrainConfig:
         if c.checkpoint_interval is None:
             c.checkpoint_interval = c.val_interval
         if c.model == "auto":
-            c.model = "fast" if device.type == "cuda" and fast_model_class() is not None else "reference"
+            c.model = "fast" if fast_model_class() is not None else "reference"
         return c
 
     def check(self) -> None:

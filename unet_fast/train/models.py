@@ -74,11 +74,11 @@ def init_weights(model: nn.Module) -> None:
 
 def load_model(path, device: torch.device | str = "cpu", kind: str | None = None) -> nn.Module:
     """The trained model of a run or checkpoint directory, in eval mode on ``device``. ``kind``:
-    "fast" or "reference" (default: the fast model on CUDA when available, else the reference)."""
+    "fast" or "reference" (default: the fast model when this build has it, else the reference)."""
     device = torch.device(device)
     model_state, _, state = ckpt.load_checkpoint(path, map_location="cpu", required=("model_config",))
     if kind is None:
-        kind = "fast" if device.type == "cuda" and fast_model_class() is not None else "reference"
+        kind = "fast" if fast_model_class() is not None else "reference"
     model = build_model(kind, **state["model_config"])
     ckpt.load_model_state(model, model_state, path, state["model_config"])
     return model.to(device).eval()

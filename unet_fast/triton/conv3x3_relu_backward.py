@@ -1,7 +1,8 @@
 """The backward of the fused 3x3 conv (``unet_fast.triton.conv3x3_relu``): kernels, then launcher.
 
-Shapes as in the forward's module. The gradient reaching the pre-activation is
-g = (grad_y + routed grad_pooled) * (y > 0). Without pooling the ReLU mask is applied while loading grad_y; with pooling one elementwise pass
+Shapes as in the forward's module. The gradient reaching the pre-activation is g = grad_y + routed
+grad_pooled, zeroed where y <= 0: PyTorch's ``threshold_backward`` rule, which passes it where y is NaN.
+Without pooling the ReLU mask is applied while loading grad_y; with pooling one elementwise pass
 routes grad_pooled to the first maximum of each window of y (PyTorch's tie rule) and writes g.
 dgrad is the full correlation of g with the flipped weights, written back split into skip's
 gradient (at the crop offset, zero outside) and x's; wgrad and the bias gradient reduce over M in
@@ -30,7 +31,7 @@ def _pool_relu_grad_kernel(
     HAS_GRAD_Y: tl.constexpr, RELU: tl.constexpr,
     BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """g = (grad_y + grad_pooled routed to each window's first max of y) * (y > 0), per 2x2 window.
+    """g = grad_y + grad_pooled routed to each window's first max of y, zeroed where y <= 0, per 2x2 window.
 
     y, grad_y and g share the strides (syn, syh, syw); grad_pooled has (spn, sph, spw)."""
     offs_w = tl.program_id(0) * BLOCK_W + tl.arange(0, BLOCK_W)
@@ -71,7 +72,7 @@ def _pool_relu_grad_kernel(
         if HAS_GRAD_Y:
             g += tl.load(grad_y_ptr + offset, mask=mask, other=0.0).to(tl.float32)
         if RELU:
-            g = tl.where(yq > 0, g, 0.0)
+            g = tl.where(yq <= 0, 0.0, g)  # NaN passes, as in threshold_backward
         tl.store(g_ptr + offset, g.to(g_ptr.dtype.element_ty), mask=mask)
 
 
@@ -111,7 +112,7 @@ def _conv3x3_dgrad_kernel(
         load_mask = valid[:, None] & k_mask[None, :]
         g = tl.load(g_ptr + g_offsets, mask=load_mask, other=0.0)
         if MASK_RELU:
-            g = tl.where(tl.load(y_ptr + g_offsets, mask=load_mask, other=0.0) > 0, g, 0.0)
+            g = tl.where(tl.load(y_ptr + g_offsets, mask=load_mask, other=0.0) <= 0, 0.0, g)
         b = tl.load(
             w_ptr + (tap * C_OUT + ck)[:, None] * swk + offs_n[None, :] * swn,
             mask=k_mask[:, None] & n_mask[None, :], other=0.0,
@@ -184,7 +185,7 @@ def _conv3x3_wgrad_kernel(
         g_mask = m_mask[:, None] & co_mask[None, :]
         g = tl.load(g_ptr + g_offsets, mask=g_mask, other=0.0)
         if MASK_RELU:
-            g = tl.where(tl.load(y_ptr + g_offsets, mask=g_mask, other=0.0) > 0, g, 0.0)
+            g = tl.where(tl.load(y_ptr + g_offsets, mask=g_mask, other=0.0) <= 0, 0.0, g)
         acc = tl.dot(a, g, acc, input_precision=INPUT_PRECISION)
         if BIAS_GRAD:
             bias_acc += tl.sum(g.to(tl.float32), axis=0)

@@ -81,7 +81,7 @@ def check_index_range(x: torch.Tensor, skip: torch.Tensor | None, weight: torch.
     c_out = weight.shape[0]
     per_image = {
         "x": x[0].numel() if batch else 0,
-        "output": c_out * max(height - 2, 0) * max(width - 2, 0),
+        "the output (weight's C_out x (H - 2) x (W - 2))": c_out * max(height - 2, 0) * max(width - 2, 0),
         "weight": weight.numel(),
     }
     if skip is not None:
