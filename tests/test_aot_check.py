@@ -160,15 +160,62 @@ def test_launched_variants_include_combinations_the_registered_table_missed(laun
 
 
 def test_launched_work_compiles_every_tile_on_sm80_and_the_default_on_sm86(launched):
-    from unet_fast.triton.autotune import ELEMENT_SIZE, default_tile, tuned_kernel
+    from unet_fast.triton.autotune import tuned_kernel
 
     work = aot_check.launched_work([80, 86])
     forward = [(c, a) for c, a in work if c.kernel == "conv3x3_fwd" and c.precision == "bf16"]
     tiles = tuned_kernel("_conv3x3_fwd_kernel").tiles["16bit"]
     by_arch = {arch: [c for c, a in forward if a == arch] for arch in (80, 86)}
     assert len(by_arch[80]) >= len(tiles) * 3 and len(by_arch[86]) >= 3
-    expected = default_tile(tiles, ELEMENT_SIZE["16bit"], aot_check.SHARED_MEMORY_LIMIT[86])
-    assert {c.constexprs["BLOCK_M"] for c in by_arch[86]} == {expected["BLOCK_M"]}
     assert all("HAS_SKIP" in c.describe() and "POOL" in c.describe() for c in by_arch[80])  # rows name their flags
-    # the first layer's variant compiles C1 (= 1) as a constant
+    # the first layer's variant compiles C1 (= 1) as a constant, on sm_86 with the narrow K block its
+    # 9 * C_in = 9 deep GEMM wants; the wider layers with the first tile that fits 99 KB
+    first_layer = [c for c in by_arch[86] if c.constexprs.get("C1") == 1]
     assert any(c.constexprs.get("C1") == 1 for c in by_arch[80])
+    assert first_layer and {c.constexprs["BLOCK_K"] for c in first_layer} == {16}
+    assert {c.constexprs["BLOCK_K"] for c in by_arch[86] if c.constexprs.get("C1") != 1} == {64}
+    wgrad_first = [c for c, a in work if c.kernel == "conv3x3_wgrad" and a == 86 and c.constexprs.get("C1") == 1]
+    assert wgrad_first and {c.constexprs["BLOCK_CI"] for c in wgrad_first} == {32}
+
+
+def test_default_tiles_only_keeps_the_runtimes_default_on_every_arch():
+    from unet_fast.triton.autotune import tuned_kernel
+
+    work = aot_check.launched_work([80, 90], default_tiles_only=True)
+    first_layer = [(c, a) for c, a in work if c.kernel == "conv3x3_fwd" and c.precision == "bf16"
+                   and c.constexprs.get("C1") == 1]
+    assert len(first_layer) == 2  # one variant, one tile, two archs
+    expected = tuned_kernel("_conv3x3_fwd_kernel").default_tile("16bit", aot_check.SHARED_MEMORY_LIMIT[80], 1)
+    assert all(c.constexprs["BLOCK_K"] == expected["BLOCK_K"] == 16 for c, _ in first_layer)
+    assert len(work) < len(aot_check.launched_work([80, 90]))
+
+
+def test_default_tiles_needs_the_launched_variants(capsys):
+    assert aot_check.main(["--default-tiles"]) == 2
+    assert "--default-tiles goes with --variants launched" in capsys.readouterr().err
+
+
+def test_the_trace_records_the_channels_the_runtime_chooses_the_default_for(launched):
+    first_layer = {s.channels for s in launched if "C1" in s.ones}
+    assert first_layer == {1}
+    # the paper's other layers have 64 or more channels per source
+    assert all(s.channels >= 64 for s in launched if s.klass and "C1" not in s.ones)
+
+
+@pytest.mark.skipif(bool(os.environ.get("UNET_FAST_SKIP_HEAVY")), reason="heavy: two conv compiles, run once, in the main suite")
+def test_the_first_layers_default_tiles_keep_their_registers_on_sm86():
+    # the first layer (C_in = 1) took the 128-wide default tiles, which spilled on sm_86 (bf16
+    # forward 392 B per thread, tf32 weight gradient 56 B); its default now suits K = 9 * C_in
+    found = _compile_in_subprocess(
+        """
+import dataclasses, json
+from unet_fast.tools import aot_check
+work = [(c, a) for c, a in aot_check.launched_work([86]) if c.constexprs.get("C1") == 1
+        and (c.kernel, c.precision) in {("conv3x3_fwd", "bf16"), ("conv3x3_wgrad", "tf32")}]
+print(json.dumps([dataclasses.asdict(r) for r in aot_check.check_work(work)]))
+"""
+    )
+    assert {(r["kernel"], r["precision"]) for r in found} == {("conv3x3_fwd", "bf16"), ("conv3x3_wgrad", "tf32")}
+    for result in found:
+        assert result["compiled"] and result["problem"] is None, result
+        assert result["stack_bytes"] <= DEFAULT_SPILL_BUDGET and result["shared_bytes"] <= aot_check.SHARED_MEMORY_LIMIT[86]

@@ -1,14 +1,15 @@
 """Compiles every registered Triton kernel configuration ahead of time, without a GPU.
 
     python -m unet_fast.tools.aot_check --arch 80 --arch 90 [--one-per-kernel] [--jobs N]
-    python -m unet_fast.tools.aot_check --variants launched --arch 80 --arch 90 --arch 86 --arch 89
+    python -m unet_fast.tools.aot_check --variants launched --arch 80 --arch 90 --arch 86 --arch 89 [--default-tiles]
 
 ``--variants launched`` compiles the flag combinations the paper's model launches, traced from the
 model (``unet_fast.tools.launch_trace``: encoder conv2 with pool and no skip, decoder conv1 with skip,
-weight gradients without skip, the first layer's C_in = 1, ...), in every dtype: every tile for
-sm_80 and sm_90, and for sm_86 and sm_89 (99 KB of shared memory per block) the default tile that
-``unet_fast.triton.autotune.default_tile`` picks for that limit; the other kernels (per-pixel GEMMs,
-pool gradient) keep their registered configurations. Each row names its combination.
+weight gradients without skip, the first layer's C_in = 1, ...), in every dtype, with the tiles the
+runtime chooses from (``unet_fast.triton.autotune.suitable_tiles``, for the arch's shared memory and
+the layer's channels): every one it may tune for sm_80 and sm_90, and for sm_86 and sm_89 (99 KB per
+block) the default (``--default-tiles``: the default on every arch); the other kernels (per-pixel
+GEMMs, pool gradient) keep their registered configurations. Each row names its combination.
 
 For each configuration and architecture it prints whether it compiled, the tensor-core
 instructions found in the PTX, the widths of its asynchronous global-to-shared copies, the shared
@@ -188,11 +189,12 @@ def check(configs, archs, jobs: int = 1) -> list[CheckResult]:
 DEFAULT_TILE_ARCHS = (86, 89)
 
 
-def launched_work(archs) -> list:
-    """(config, arch) pairs of the variants the paper's model launches (see the module docstring)."""
+def launched_work(archs, default_tiles_only: bool = False) -> list:
+    """(config, arch) pairs of the variants the paper's model launches (see the module docstring);
+    ``default_tiles_only``: on every arch only the default tile (what runs untuned and under capture)."""
     from unet_fast.tools.launch_trace import launched_variants
     from unet_fast.triton.aot import registered, variant_builder
-    from unet_fast.triton.autotune import ELEMENT_SIZE, default_tile, tuned_kernel
+    from unet_fast.triton.autotune import tuned_kernel
 
     traced = {precision: launched_variants(precision) for precision in ("bf16", "fp16", "fp32")}
     traced["tf32"] = traced["fp32"]  # fp32 layers launch the same variants with INPUT_PRECISION tf32
@@ -204,10 +206,10 @@ def launched_work(archs) -> list:
             if builder is None or spec.klass is None:
                 continue
             flags = {k: v for k, v in spec.flags if k != "INPUT_PRECISION"}
-            tiles = tuned_kernel(spec.kernel).tiles[klass]
-            for arch in archs:
-                chosen = ([default_tile(tiles, ELEMENT_SIZE[klass], SHARED_MEMORY_LIMIT[arch])]
-                          if arch in DEFAULT_TILE_ARCHS else tiles)
+            tuned = tuned_kernel(spec.kernel)
+            for arch in archs:  # the runtime's own choice for this arch's limit: its default, or all it may tune
+                suitable = tuned.suitable_tiles(klass, SHARED_MEMORY_LIMIT[arch], spec.channels, flags)
+                chosen = suitable[:1] if default_tiles_only or arch in DEFAULT_TILE_ARCHS else suitable
                 for config in builder(precision, flags, spec.ones, spec.unaligned, chosen):
                     identity = (config.kernel, config.precision, tuple(sorted(config.constexprs.items())),
                                 config.aligned_ints, config.num_warps, config.num_stages, arch)
@@ -269,12 +271,18 @@ def main(argv=None) -> int:
     parser.add_argument("--kernel", action="append", help="only these kernels (repeatable)")
     parser.add_argument("--one-per-kernel", action="store_true",
                         help="only the first configuration of each kernel and dtype")
+    parser.add_argument("--default-tiles", action="store_true",
+                        help="with --variants launched: only the default tile of each variant on every arch")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compile processes")
     parser.add_argument("--variants", choices=("registered", "launched"), default="registered",
                         help="registered: every registered configuration; launched: the flag combinations the "
                         "paper's model launches, traced from it (see above)")
     args = parser.parse_args(argv)
     archs = args.arch or [80, 90]
+    if args.default_tiles and args.variants != "launched":
+        print("--default-tiles goes with --variants launched (registered configurations have no default)",
+              file=sys.stderr)
+        return 2
 
     import triton
 
@@ -289,7 +297,7 @@ def main(argv=None) -> int:
         print(f"--arch: unknown architecture(s) {unknown}; known: {sorted(SHARED_MEMORY_LIMIT)}", file=sys.stderr)
         return 2
     if args.variants == "launched":
-        work = launched_work(archs)
+        work = launched_work(archs, default_tiles_only=args.default_tiles)
     else:
         work = [(config, arch) for config in registered() for arch in archs]
     work = [(c, a) for c, a in work if not args.kernel or c.kernel in args.kernel]

@@ -1,13 +1,18 @@
 """The tile choice of the GEMM kernels: tuned once per shape, a default that fits the device's shared
 memory, never a timing inside a CUDA graph capture, and winners saved to / loaded from a JSON file.
 
-- ``TunedKernel(kernel, tiles, key, family)``: a kernel with one tile list per operand class (the
-  first tile of each being the preferred default). ``launch`` picks the tile: a pinned one (tests),
-  the interpreter's under TRITON_INTERPRET=1, else the default with UNET_FAST_AUTOTUNE=0, else the
-  winner for this key (tuned on first use with ``runtime.time_ms``: each tile once, the short timing).
-  Inside a CUDA graph capture no tile is timed: the key's winner if known, else the default.
-- ``default_tile(tiles, element_size, shared_limit)``: the first tile whose pipelined operand buffers
-  fit ``shared_limit`` bytes per block (sm_86 and sm_89 allow 99 KB, sm_80 163 KB, sm_90 227 KB).
+- ``TunedKernel(kernel, tiles, key, family, channel_block, channels)``: a kernel with one tile list
+  per operand class (the first tile of each being the preferred default), the block that tiles its
+  input channels and their count from a launch's arguments. ``launch`` picks the tile: a pinned one
+  (tests), the interpreter's under TRITON_INTERPRET=1, else the default with UNET_FAST_AUTOTUNE=0,
+  else the winner for this key (tuned on first use with ``runtime.time_ms``: each tile once, the
+  short timing). Inside a CUDA graph capture no tile is timed: the key's winner if known, else the
+  default.
+- ``suitable_tiles(tiles, element_size, shared_limit, channel_block, channels, extra_operand)``: the
+  tiles whose pipelined operand buffers fit ``shared_limit`` bytes per block (sm_86 and sm_89 allow
+  99 KB, sm_80 163 KB, sm_90 227 KB) and whose channel block suits ``channels`` (the 1-channel first
+  layer takes the narrowest); ``default_tile``: the first of them. The runtime (default, capture and
+  tuning candidates) and ``unet_fast.tools.aot_check`` both choose with them.
 - ``export_winners(path)`` / ``load_winners(path)``: the tuned tiles as JSON, keyed by kernel and
   shape, with the device they were measured on; ``UNET_FAST_AUTOTUNE_CACHE=path`` loads such a file
   before the first launch, so later runs skip tuning. Nothing tuned ships with the package.
@@ -34,19 +39,38 @@ def kernel_name(kernel) -> str:
     return getattr(kernel, "__name__", None) or kernel.fn.__name__
 
 
-def tile_shared_bytes(tile: dict, element_size: int) -> int:
-    """Shared memory of a tile's pipelined operand buffers: ``num_stages`` copies of the
-    [rows, depth] and [depth, cols] blocks (block names in that order: rows, cols, depth)."""
+def tile_shared_bytes(tile: dict, element_size: int, extra_operand: str | None = None) -> int:
+    """Shared memory of a tile's pipelined operand buffers: ``num_stages - 1`` copies (the loads the
+    pipeliner keeps in flight) of the [rows, depth] and [depth, cols] blocks (block names in that
+    order: rows, cols, depth), and of the ``extra_operand`` block ("rows" or "cols") once more. Within
+    a few KB of reduction scratch of what Triton allocates (``aot_check`` reads the compiled size)."""
     rows, cols, depth = [v for k, v in tile.items() if k.startswith("BLOCK")]
-    return tile["num_stages"] * (rows * depth + depth * cols) * element_size
+    extra = {None: 0, "rows": rows * depth, "cols": depth * cols}[extra_operand]
+    return max(tile["num_stages"] - 1, 1) * (rows * depth + depth * cols + extra) * element_size
 
 
-def default_tile(tiles: list[dict], element_size: int, shared_limit: int | None) -> dict:
-    """The first tile that fits ``shared_limit`` bytes per block (None: no limit), else the smallest."""
-    if shared_limit is None:
-        return dict(tiles[0])
-    fitting = [t for t in tiles if tile_shared_bytes(t, element_size) <= shared_limit]
-    return dict(fitting[0] if fitting else min(tiles, key=lambda t: tile_shared_bytes(t, element_size)))
+def suitable_tiles(tiles: list[dict], element_size: int, shared_limit: int | None, channel_block: str | None = None,
+                   channels: int | None = None, extra_operand: str | None = None) -> list[dict]:
+    """The tiles that fit ``shared_limit`` bytes per block (None: no limit), else the smallest one;
+    given ``channels``, of those the ones whose ``channel_block`` is at most ``channels`` rounded up
+    to a power of two, else the ones with the narrowest: a block wider than the layer's channels
+    computes masked zeros, and its larger fragments spill (the 1-channel first layer's 128-wide ones
+    do). The default tile is the first; autotuning times them all."""
+    def size(tile):
+        return tile_shared_bytes(tile, element_size, extra_operand)
+
+    fitting = [t for t in tiles if shared_limit is None or size(t) <= shared_limit] or [min(tiles, key=size)]
+    if channels is not None:
+        narrowest = min(t[channel_block] for t in fitting)
+        padded = 1 << max(channels - 1, 0).bit_length()
+        fitting = [t for t in fitting if t[channel_block] <= max(padded, narrowest)]
+    return [dict(t) for t in fitting]
+
+
+def default_tile(tiles: list[dict], element_size: int, shared_limit: int | None, channel_block: str | None = None,
+                 channels: int | None = None, extra_operand: str | None = None) -> dict:
+    """The first of ``suitable_tiles``."""
+    return suitable_tiles(tiles, element_size, shared_limit, channel_block, channels, extra_operand)[0]
 
 
 def device_shared_limit(device: torch.device) -> int | None:
@@ -78,23 +102,57 @@ def operand_class(dtype: torch.dtype, input_precision: str) -> str:
 class TunedKernel:
     """A GEMM kernel with its tile lists per operand class (see the module docstring)."""
 
-    def __init__(self, kernel, tiles: dict, key: list[str], family: str):
+    def __init__(self, kernel, tiles: dict, key: list[str], family: str, channel_block: str | None = None,
+                 channels=None, doubled_operand: tuple[str, str] | None = None):
+        """``channel_block``: the block size (a key of every tile) that tiles the input channels;
+        ``channels(named)``: their count from a launch's arguments by name (without them the tile
+        choice ignores the channel count); ``doubled_operand``: (flag, "rows" or "cols"), the operand
+        block that launches with that constexpr flag set load a second time (a ReLU mask's y)."""
         self.kernel, self.tiles, self.key, self.family = kernel, tiles, key, family
+        self.channel_block, self.channels, self.doubled_operand = channel_block, channels, doubled_operand
         self.name = kernel_name(kernel)
         self.winners: dict[tuple, dict] = {}  # (class, key values...) -> tile
         self._pinned = None
         _KERNELS[self.name] = self
 
-    def fixed_tile(self, klass: str, shared_limit: int | None = None) -> dict | None:
+    def named_arguments(self, args: tuple, **constexprs) -> dict:
+        """A launch's arguments by name: the kernel's positional ones and the constexprs."""
+        return dict(zip(getattr(self.kernel, "arg_names", ()), args), **constexprs)
+
+    def tile_channels(self, named: dict) -> int | None:
+        """The channel count the default tile is chosen for: the launch's (``channels``), capped at
+        the widest channel block of any of the tiles (wider layers all choose alike); None without
+        ``channels``."""
+        if self.channels is None:
+            return None
+        widest = max(tile[self.channel_block] for tiles in self.tiles.values() for tile in tiles)
+        return min(max(self.channels(named), 1), widest)
+
+    def suitable_tiles(self, klass: str, shared_limit: int | None, channels: int | None = None,
+                       flags: dict | None = None) -> list[dict]:
+        """``suitable_tiles`` of ``klass``'s tiles for a per-block shared-memory limit, a channel count
+        (``tile_channels``) and a launch's constexpr ``flags`` (or all its arguments by name)."""
+        extra = None
+        if self.doubled_operand is not None and (flags or {}).get(self.doubled_operand[0]):
+            extra = self.doubled_operand[1]
+        return suitable_tiles(self.tiles[klass], ELEMENT_SIZE[klass], shared_limit, self.channel_block, channels, extra)
+
+    def default_tile(self, klass: str, shared_limit: int | None, channels: int | None = None,
+                     flags: dict | None = None) -> dict:
+        """The first of ``suitable_tiles``: the tile without tuning."""
+        return self.suitable_tiles(klass, shared_limit, channels, flags)[0]
+
+    def fixed_tile(self, klass: str, shared_limit: int | None = None, channels: int | None = None,
+                   flags: dict | None = None) -> dict | None:
         """The tile when not tuned: the pinned one, the interpreter's under TRITON_INTERPRET=1, the
-        default (``default_tile`` for ``shared_limit``) with UNET_FAST_AUTOTUNE=0; None: tune."""
+        default (``default_tile``) with UNET_FAST_AUTOTUNE=0; None: tune."""
         if self._pinned is not None:
             return dict(self._pinned)
         if triton_interpreting():
             return dict(INTERPRETER_TILES[self.family])
         if autotune_enabled():
             return None
-        return default_tile(self.tiles[klass], ELEMENT_SIZE[klass], shared_limit)
+        return self.default_tile(klass, shared_limit, channels, flags)
 
     @contextlib.contextmanager
     def pinned(self, tile: dict):
@@ -105,22 +163,22 @@ class TunedKernel:
         finally:
             self._pinned = None
 
-    def choose_tile(self, klass: str, key: tuple, device: torch.device, run_tile) -> dict:
+    def choose_tile(self, klass: str, key: tuple, device: torch.device, run_tile, named: dict) -> dict:
         """The tile for ``key``: fixed, known, the default under graph capture, or tuned now with
-        ``run_tile(tile)`` timed for each tile that fits the device."""
+        ``run_tile(tile)`` timed for each of the ``suitable_tiles`` for the device and the launch's
+        arguments ``named``."""
         limit = device_shared_limit(device)
-        tile = self.fixed_tile(klass, limit)
+        channels = self.tile_channels(named)
+        tile = self.fixed_tile(klass, limit, channels, named)
         if tile is not None:
             return tile
         _load_cache_from_environment()
         winner = self.winners.get(key)
         if winner is not None:
             return dict(winner)
+        candidates = self.suitable_tiles(klass, limit, channels, named)
         if _capturing():  # timing inside a capture would record the timing launches into the graph
-            return default_tile(self.tiles[klass], ELEMENT_SIZE[klass], limit)
-        size = ELEMENT_SIZE[klass]
-        candidates = [t for t in self.tiles[klass] if limit is None or tile_shared_bytes(t, size) <= limit]
-        candidates = candidates or [default_tile(self.tiles[klass], size, limit)]
+            return candidates[0]
         times = {}
         for index, candidate in enumerate(candidates):
             try:
@@ -135,14 +193,14 @@ class TunedKernel:
 
     def launch(self, grid, *args, dtype: torch.dtype, INPUT_PRECISION: str, **constexprs) -> None:
         klass = operand_class(dtype, INPUT_PRECISION)
-        named = dict(zip(getattr(self.kernel, "arg_names", ()), args), INPUT_PRECISION=INPUT_PRECISION, **constexprs)
+        named = self.named_arguments(args, INPUT_PRECISION=INPUT_PRECISION, **constexprs)
         key = (klass, *(named.get(name) for name in self.key))
         device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
 
         def run_tile(tile: dict) -> None:
             self.kernel[grid(tile)](*args, INPUT_PRECISION=INPUT_PRECISION, **constexprs, **tile)
 
-        run_tile(self.choose_tile(klass, key, device, run_tile))
+        run_tile(self.choose_tile(klass, key, device, run_tile, named))
 
 
 # the interpreter runs one program at a time in numpy: few, moderately sized programs are fastest

@@ -22,7 +22,8 @@ import triton
 import triton.language as tl
 
 from unet_fast.triton.conv3x3_relu_tiles import (
-    GEMM_TILES, TunedKernel, check_index_range, gemm_grid, nhw_strides, nhwc, register_gemm_configs,
+    GEMM_TILES, TunedKernel, check_index_range, gemm_grid, narrower_source_channels, nhw_strides, nhwc,
+    register_gemm_configs,
 )
 from unet_fast.triton.runtime import check_crop, device_guard, weight_operand
 
@@ -125,7 +126,7 @@ def _conv3x3_fwd_kernel(
 
 
 FORWARD = TunedKernel(_conv3x3_fwd_kernel, GEMM_TILES, ["M", "C0", "C1", "C_OUT", "HAS_SKIP", "POOL", "INPUT_PRECISION"],
-                      family="gemm")
+                      family="gemm", channel_block="BLOCK_K", channels=narrower_source_channels)
 
 
 def conv3x3_relu_forward(

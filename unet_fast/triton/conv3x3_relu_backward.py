@@ -17,8 +17,8 @@ import triton
 import triton.language as tl
 
 from unet_fast.triton.conv3x3_relu_tiles import (
-    GEMM_TILES, POOL_GRAD_TILE, WGRAD_TILES, TunedKernel, check_index_range, gemm_grid, nhw_strides, nhwc,
-    register_gemm_configs, register_pointwise_config,
+    GEMM_TILES, POOL_GRAD_TILE, WGRAD_TILES, TunedKernel, check_index_range, gemm_grid, gradient_channels,
+    narrower_source_channels, nhw_strides, nhwc, register_gemm_configs, register_pointwise_config,
 )
 from unet_fast.triton.runtime import check_crop, device_guard, weight_operand
 
@@ -197,9 +197,11 @@ def _conv3x3_wgrad_kernel(
 
 
 DGRAD = TunedKernel(_conv3x3_dgrad_kernel, GEMM_TILES,
-                    ["M_IN", "C0", "C1", "C_OUT", "C_LO", "C_HI", "MASK_RELU", "INPUT_PRECISION"], family="gemm")
+                    ["M_IN", "C0", "C1", "C_OUT", "C_LO", "C_HI", "MASK_RELU", "INPUT_PRECISION"], family="gemm",
+                    channel_block="BLOCK_N", channels=gradient_channels, doubled_operand=("MASK_RELU", "rows"))
 WGRAD = TunedKernel(_conv3x3_wgrad_kernel, WGRAD_TILES,
-                    ["M", "C0", "C1", "C_OUT", "M_PER_SPLIT", "MASK_RELU", "INPUT_PRECISION"], family="wgrad")
+                    ["M", "C0", "C1", "C_OUT", "M_PER_SPLIT", "MASK_RELU", "INPUT_PRECISION"], family="wgrad",
+                    channel_block="BLOCK_CI", channels=narrower_source_channels, doubled_operand=("MASK_RELU", "cols"))
 
 
 def _pre_activation_grad(grad_y, grad_pooled, y, relu):

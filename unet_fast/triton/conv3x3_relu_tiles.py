@@ -2,7 +2,8 @@
 one is picked is ``unet_fast.triton.autotune``'s), the launch grid and the int32 index-range check,
 and the kernels' ahead-of-time registration.
 
-Tiles: one named list per operand class (``operand_class``), the first being the default; at most
+Tiles: one named list per operand class (``operand_class``), the first being the default (for the
+device's shared memory and the layer's input channels: ``autotune.default_tile``); at most
 4 warps, since Triton convs are reported to miscompile at 8 (inductor caps its conv template at
 4). Each list holds the tiles that keep their registers (``unet_fast.tools.aot_check`` compiles
 them and reads the spills).
@@ -45,6 +46,17 @@ POOL_GRAD_TILE = {"BLOCK_W": 16, "BLOCK_C": 64, "num_warps": 4, "num_stages": 1}
 # and sm_80's mma.sync fragments spill up to about 200 B per thread (to L1), which these tiles are
 # worth; every other configuration keeps to the default budget.
 _WIDE_TILE_SPILL_BUDGET = 256
+
+
+def narrower_source_channels(named: dict) -> int:
+    """Input channels per block of the forward and weight-gradient kernels, which tile x's (C1) and
+    skip's (C0, with HAS_SKIP) channels separately: the narrower source's count."""
+    return min(named["C0"], named["C1"]) if named["HAS_SKIP"] else named["C1"]
+
+
+def gradient_channels(named: dict) -> int:
+    """Input-gradient channels of the dgrad kernel, its GEMM's columns: [C_LO, C_HI)."""
+    return named["C_HI"] - named["C_LO"]
 
 
 def gemm_grid(rows: int, cols: int, block_m: int, block_n: int) -> tuple[int, int]:
