@@ -187,8 +187,8 @@ def test_resume_refits_to_the_budget_left(tmp_path, warm):
     from unet_fast import checkpoint as ckpt
 
     _, _, state = ckpt.load_checkpoint(out)
-    with pytest.raises(ValueError, match="too short"):  # the 6 s are spent
-        train(TrainConfig(out=out, time_budget=6.0, resume=True, **TINY))
+    with pytest.raises(ValueError, match="too short"):  # a budget the first run has spent already
+        train(TrainConfig(out=out, time_budget=state["elapsed_s"], resume=True, **TINY))
     resumed = train(TrainConfig(out=out, time_budget=state["elapsed_s"] + 10.0, resume=True, **TINY))
     assert resumed["steps"] > first["steps"]
     assert ckpt.load_checkpoint(out)[2]["step"] == resumed["steps"]
