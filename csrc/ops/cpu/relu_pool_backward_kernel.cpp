@@ -90,9 +90,9 @@ void relu_pool_backward_plane(const Views<T>& v, int64_t n, int64_t c, int64_t h
   }
 }
 
-// The same for planes whose rows are contiguous (unit width strides; NCHW, as the fused CPU
-// training path runs), per pair of rows: first the mask over both rows (a loop the compiler
-// vectorizes), then each window's gradient added at its argmax. The argmax is computed without
+// The same for planes whose rows are contiguous (unit width strides: NCHW tensors), per pair of
+// rows: first the mask over both rows (a loop the compiler vectorizes), then each window's
+// gradient added at its argmax. The argmax is computed without
 // branches (the first of the four values equal to their maximum), so that the random pattern of
 // a ReLU's output costs no mispredictions; windows holding a NaN take PyTorch's rule instead.
 template <typename T>
