@@ -163,7 +163,7 @@ class UNet(ReferenceUNet):
                 skips.append(y2)
             h, pooled = y2, (None if bottom else p)
 
-        if cpu_layout is not None and self.training:
+        if cpu_layout is not None and self.training and self.dropout.p > 0:
             # dropout draws its mask in memory order: in NCHW order, as the reference, for the same mask
             h = self.dropout(h.contiguous()).contiguous(memory_format=cpu_layout)
         else:

@@ -3,8 +3,8 @@
 ATen's CPU max-pool also computes indices, and on NCHW tensors walks one window at a time (at the
 U-Net's first level about as slow as a 3x3 convolution). The C++ kernel
 (``csrc/ops/cpu/max_pool2x2_kernel.cpp``) keeps no indices and reads two rows per output row (NCHW)
-or runs of channels (channels_last, the fused CPU path's layout); other layouts, other devices and
-builds without the kernel run ``F.max_pool2d``.
+or runs of channels (channels_last, the fused CPU path's layout), any other strides plane by plane;
+other devices and builds without the kernel run ``F.max_pool2d``.
 """
 from __future__ import annotations
 
@@ -22,8 +22,7 @@ def max_pool2x2(y: torch.Tensor) -> torch.Tensor:
     """``F.max_pool2d(y, 2)``: y (N, C, H, W) -> (N, C, H // 2, W // 2), y's dtype and memory format.
 
     Internal (no validation, no autograd): the block ops' forward and backward recompute call it."""
-    dense = y.is_contiguous() or y.is_contiguous(memory_format=torch.channels_last)
-    if HAS_KERNEL and y.device.type == "cpu" and dense:
+    if HAS_KERNEL and y.device.type == "cpu":
         return torch.ops.unet_fast.max_pool2x2(y)
     return F.max_pool2d(y, 2)
 

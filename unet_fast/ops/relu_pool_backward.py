@@ -5,9 +5,9 @@ For ``y = relu(z)`` and, optionally, ``pooled = max_pool2d(y, 2)``, the gradient
     grad_z = where(y <= 0, 0, grad_y + max_pool2d_backward(grad_pooled, y))
 
 with the pool's argmax found again from y (PyTorch's rule: the first maximum of each window in
-row-major order; a NaN wins) and the mask as ReLU's backward applies it (a NaN passes). On CPU one C++ kernel (``csrc/ops/cpu/relu_pool_backward_kernel.cpp``)
-does it in one pass; elsewhere, or without the extension, the PyTorch composite of the same formula
-runs. This is the backward's first step of every fused 3x3 conv on the "torch" backend.
+row-major order; a NaN wins) and the mask as ReLU's backward applies it (a NaN passes). On CPU one
+C++ kernel (``csrc/ops/cpu/relu_pool_backward_kernel.cpp``) does it in one pass; elsewhere, or
+without the extension, the PyTorch composite of the same formula runs. This is the backward's first step of every fused 3x3 conv on the "torch" backend.
 """
 from __future__ import annotations
 
