@@ -9,12 +9,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from unet_fast.ops._validation import check_has_values
+
 
 def as_array(name: str, value) -> np.ndarray:
     """A tensor or array as a numpy array of shape (H, W) or (N, H, W)."""
     if isinstance(value, torch.Tensor):
-        if value.device.type == "meta":
-            raise ValueError(f"{name} is on the meta device, which holds no values: pass a CPU or CUDA tensor")
+        check_has_values(name, value)
         value = value.detach().cpu().numpy()
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(value).__name__}")
