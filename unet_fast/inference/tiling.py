@@ -103,7 +103,7 @@ def free_device_memory(device: torch.device) -> int | None:
 def default_tile_size(model: nn.Module, batch_size: int = 4, device: torch.device | None = None,
                       dtype: torch.dtype | None = None, cap: int = DEFAULT_TILE_SIZE) -> int:
     """The tile edge ``predict_tiled`` uses when none is given: the largest valid input size up to
-    ``cap`` (572) whose :func:`tile_activation_bytes` for ``batch_size`` tiles fits
+    ``cap`` (default 572) whose :func:`tile_activation_bytes` for ``batch_size`` tiles fits
     ``MEMORY_FRACTION`` of the device's free memory (CUDA only; elsewhere the size cap alone), and
     never smaller than the smallest usable tile. ``device``/``dtype``: default the model's."""
     config = _model_config(model)
