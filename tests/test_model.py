@@ -5,9 +5,10 @@ import contextlib
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from tests.conftest import HAS_CUDA, TRITON_DEVICE
-from unet_fast import UNet
+from unet_fast import UNet, blocks
 from unet_fast.memory import saved_tensor_bytes
 from unet_fast.reference import UNet as ReferenceUNet
 from unet_fast.shapes import level_sizes, output_size, valid_input_size
@@ -424,6 +425,48 @@ def test_block_ops_pass_opcheck(recompute):
     torch.library.opcheck(ops._decoder_block.default, (low, skip, up_w, up_b, dw1, leaf(3), dw2, leaf(3), recompute,
                                                        "torch"))
     torch.library.opcheck(ops._head.default, (skip, leaf(2, 3, 1, 1), leaf(2), "torch"))
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_eager_twins_equal_the_ops_and_skip_the_dispatcher(recompute):
+    torch.manual_seed(0)
+    image, w1, b1, w2, b2 = (torch.randn(*s) for s in ((1, 2, 14, 14), (4, 2, 3, 3), (4,), (4, 4, 3, 3), (4,)))
+    low, skip, up_w, up_b = (torch.randn(*s) for s in ((1, 6, 5, 5), (1, 3, 12, 12), (6, 3, 2, 2), (3,)))
+    dw1, db1, dw2, db2 = (torch.randn(*s) for s in ((3, 6, 3, 3), (3,), (3, 3, 3, 3), (3,)))
+    cases = [(blocks.run_encoder_block, torch.ops.unet_fast._encoder_block, (image, None, w1, b1, w2, b2, True),
+              (recompute, "torch")),
+             (blocks.run_decoder_block, torch.ops.unet_fast._decoder_block, (low, skip, up_w, up_b, dw1, db1, dw2, db2),
+              (recompute, "torch")),
+             (blocks.run_head, torch.ops.unet_fast._head, (skip, torch.randn(2, 3, 1, 1), torch.randn(2)), ("torch",))]
+    for twin, op, tensors, flags in cases:
+        results = []
+        for run in (twin, op):
+            leaves = [t if not isinstance(t, torch.Tensor) else t.clone().requires_grad_() for t in tensors]
+            with _DispatchedOps() as seen:
+                outputs = run(*leaves, *flags)
+                outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+                loss = sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outputs if o.numel())
+                loss.backward()
+            results.append(([o.detach() for o in outputs], [t.grad for t in leaves if isinstance(t, torch.Tensor)],
+                            seen.names))
+        (twin_out, twin_grads, twin_ops), (op_out, op_grads, op_ops) = results
+        for got, want in zip(twin_out + twin_grads, op_out + op_grads):
+            assert torch.equal(got, want)  # the same kernels in the same order: bitwise equal
+        assert any(name.startswith(("unet_fast::_encoder", "unet_fast::_decoder", "unet_fast::_head")) for name in op_ops)
+        assert not any(name.startswith(("unet_fast::_encoder", "unet_fast::_decoder", "unet_fast::_head"))
+                       for name in twin_ops)
+
+
+class _DispatchedOps(TorchDispatchMode):
+    """Records the name of every operator that reaches the dispatcher's Python mode."""
+
+    def __enter__(self):
+        self.names = []
+        return super().__enter__()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.name())
+        return func(*args, **(kwargs or {}))
 
 
 def test_triton_backend_under_fp16_autocast_within_twice_pytorchs_error():

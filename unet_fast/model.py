@@ -14,7 +14,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from unet_fast import blocks  # noqa: F401  (registers the block ops)
+from unet_fast import blocks
 from unet_fast.ops._layout import output_memory_format
 from unet_fast.ops._numerics import autocast_dtype
 from unet_fast.ops.backend import ChoiceLog, block_backend, check_backend, layer_scope, resolve_backend
@@ -152,7 +152,7 @@ class UNet(ReferenceUNet):
             bottom = level == self.depth - 1
             if encoder_fused:
                 with self._scope(backend, f"encoder.{level}"):
-                    _, y2, p = torch.ops.unet_fast._encoder_block(
+                    _, y2, p = blocks.run_encoder_block(
                         h, pooled, block.conv1.weight, block.conv1.bias, block.conv2.weight, block.conv2.bias,
                         not bottom, self.recompute, backend,
                     )
@@ -172,14 +172,14 @@ class UNet(ReferenceUNet):
             if decoder_fused:
                 convs = stage.block
                 with self._scope(backend, f"decoder.{index}"):
-                    _, h = torch.ops.unet_fast._decoder_block(
+                    _, h = blocks.run_decoder_block(
                         h.to(dtype), skip if self.skip_connections else None, stage.up.weight, stage.up.bias,
                         convs.conv1.weight, convs.conv1.bias, convs.conv2.weight, convs.conv2.bias, self.recompute,
                         backend,
                     )
             else:
                 h = stage(h, skip)
-        logits = torch.ops.unet_fast._head(h.to(dtype), self.head.weight, self.head.bias, backend)
+        logits = blocks.run_head(h.to(dtype), self.head.weight, self.head.bias, backend)
         if cpu_layout is not None:  # the caller's layout, as the reference returns it
             logits = logits.contiguous(memory_format=output_memory_format("torch", x))
         return logits
