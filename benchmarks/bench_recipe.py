@@ -1,7 +1,7 @@
 """Cross-validation of the training recipe on ISBI 2012 under a time budget (``unet_fast.benchmark.recipe``; options: --help):
 
-    python benchmarks/bench_recipe.py --time-budget 15m --folds 5 --json PATH -- --base-channels 16
-    python benchmarks/bench_recipe.py --time-budget 15m --mode final --json PATH -- --base-channels 16
+    python benchmarks/bench_recipe.py --time-budget 15m --folds 5 --json PATH -- --w0 10
+    python benchmarks/bench_recipe.py --time-budget 15m --mode final --json PATH
 """
 import sys
 

@@ -133,14 +133,15 @@ def test_budgeted_run_trains_exactly_like_the_fitted_step_count(tmp_path, warm):
     fitted W and the N it ran (the plan, or fewer where the guard stopped it on a loaded
     machine: the constant schedule makes the two agree either way), and it ends within the budget."""
     budget_s = 12.0
+    options = dict(TINY, lr_schedule="constant")
     began = time.perf_counter()
-    fitted = train(TrainConfig(out=str(tmp_path / "budget"), time_budget=budget_s, warmup_fraction=0.2, **TINY),
+    fitted = train(TrainConfig(out=str(tmp_path / "budget"), time_budget=budget_s, warmup_fraction=0.2, **options),
                    started=began)
     assert time.perf_counter() - began <= budget_s + SLACK_S
     plan = json.loads((tmp_path / "budget" / "config.json").read_text())
     steps = fitted["steps"]
     assert 1 <= steps <= plan["steps"] and plan["warmup_steps"] == round(0.2 * plan["steps"]) > 0
-    plain = train(TrainConfig(out=str(tmp_path / "plain"), steps=steps, warmup_steps=plan["warmup_steps"], **TINY))
+    plain = train(TrainConfig(out=str(tmp_path / "plain"), steps=steps, warmup_steps=plan["warmup_steps"], **options))
     a, b = weights(tmp_path / "budget", steps), weights(tmp_path / "plain", steps)
     for key in a:
         assert torch.equal(a[key], b[key]), key
@@ -184,6 +185,7 @@ def test_guard_stops_a_slowed_down_run_in_time(tmp_path, monkeypatch, warm):
 def test_resume_refits_to_the_budget_left(tmp_path, warm):
     out = str(tmp_path / "run")
     first = train(TrainConfig(out=out, time_budget=6.0, **TINY))
+    fitted_warmup = json.loads((tmp_path / "run" / "config.json").read_text())["warmup_steps"]
     from unet_fast import checkpoint as ckpt
 
     _, _, state = ckpt.load_checkpoint(out)
@@ -192,6 +194,8 @@ def test_resume_refits_to_the_budget_left(tmp_path, warm):
     resumed = train(TrainConfig(out=out, time_budget=state["elapsed_s"] + 10.0, resume=True, **TINY))
     assert resumed["steps"] > first["steps"]
     assert ckpt.load_checkpoint(out)[2]["step"] == resumed["steps"]
+    # the warm-up derived from warmup_fraction stays the first fit's (the API's TrainConfig says 0)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["warmup_steps"] == fitted_warmup
 
 
 def test_resume_with_a_step_count_drops_the_saved_budget(tmp_path, warm):

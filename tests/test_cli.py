@@ -88,8 +88,9 @@ def test_paper_does_not_override_typed_options(tmp_path, capsys, monkeypatch):
     paper = seen.pop("config")
     assert (paper.optimizer, paper.momentum, paper.class_balance) == ("sgd", 0.99, True)
     assert main(["train", "--out", str(tmp_path / "c"), "--device", "cpu"]) == 0
-    default = seen.pop("config")  # the short-run recipe: AdamW, border weights without w_c
-    assert (default.optimizer, default.class_balance, default.w0, default.tile_size) == ("adamw", False, 10.0, 572)
+    default = seen.pop("config")  # the short-run recipe: AdamW with cosine decay, plain cross-entropy
+    assert (default.optimizer, default.lr_schedule, default.class_balance, default.w0, default.tile_size) == (
+        "adamw", "cosine", False, 0.0, 572)
     with pytest.raises(SystemExit) as exit_info:  # an argparse error: usage line, exit code 2
         main(["train", "--paper", "--depth", "3", "--out", str(tmp_path / "b"), "--device", "cpu"])
     assert exit_info.value.code == 2 and "--depth 5" in capsys.readouterr().err

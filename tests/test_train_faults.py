@@ -152,11 +152,13 @@ sys.exit(max(codes))
 
 @HEAVY
 def test_ddp_resume_equals_the_uninterrupted_run(tmp_path):
-    """torchrun, 2 gloo processes: 2 steps + resume to 4 equals 4 steps, weights and both ranks' RNG."""
+    """torchrun, 2 gloo processes: 2 steps + resume to 4 equals 4 steps, weights and both ranks' RNG
+    (constant schedule: a decay fitted to --steps differs between a 2-step and a 4-step run)."""
     script = tmp_path / "ddp_resume.py"
     script.write_text(DDP_RESUME_SCRIPT)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-               str(tmp_path), *TINY, "--optimizer", "adamw", "--checkpoint-interval", "2"]
+               str(tmp_path), *TINY, "--optimizer", "adamw", "--checkpoint-interval", "2",
+               "--lr-schedule", "constant"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert result.returncode == 0, result.stderr[-3000:]
     whole, split = (ckpt.load_checkpoint(tmp_path / name) for name in ("whole", "split"))

@@ -120,7 +120,7 @@ def summarise(rows: list[dict]) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bench_recipe.py", description=__doc__.split("\n\n")[0],
-        epilog="Options after -- go to 'unet-fast train' (the recipe), e.g. -- --base-channels 16 --lr-schedule cosine.")
+        epilog="Options after -- go to 'unet-fast train' (the recipe), e.g. -- --w0 10 --lr 3e-3.")
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="ISBI 2012 folder (images/, labels/ 00..29)")
     parser.add_argument("--time-budget", required=True, help="per-fold budget of 'unet-fast train', e.g. 3m, 15m")
     parser.add_argument("--mode", default="cv", choices=("cv", "final"),

@@ -17,7 +17,7 @@ from unet_fast.losses import SegmentationLoss
 from unet_fast.train import budget, distributed, models, nonfinite
 from unet_fast.train.config import TrainConfig
 from unet_fast.train.reporting import Progress, RunLog, Window
-from unet_fast.train.resume import TrainingState, best_validation_error, checkpoint_to_resume
+from unet_fast.train.resume import TrainingState, best_validation_error, checkpoint_to_resume, with_saved_warmup
 from unet_fast.train.schedule import build_optimizer, learning_rate, set_learning_rate
 from unet_fast.train.tiles import TrainingTiles, load_datasets
 from unet_fast.train.validation import validate, validation_line
@@ -40,6 +40,8 @@ def train(config: TrainConfig, started: float | None = None) -> dict:
     config.check()
     run_dir = Path(config.out)
     checkpoint = checkpoint_to_resume(config, run_dir, world, device)
+    if checkpoint is not None:
+        config = with_saved_warmup(config, checkpoint[2]["config"])
     train_set, val_set = load_datasets(config)
     state = _initial_state(config, train_set, device, rank)
     start, elapsed_before = state.restore(checkpoint, rank, run_dir) if checkpoint is not None else (0, 0.0)
@@ -164,7 +166,7 @@ def _fit_to_budget(config: TrainConfig, state: TrainingState, run_step, val_set,
         raise ValueError(plan)
     deadline.costs, steps = plan
     warmup = config.warmup_steps
-    if config.warmup_fraction > 0 and warmup == 0:
+    if config.warmup_fraction > 0 and warmup == 0 and start == 0:  # a resumed run keeps its saved warm-up
         warmup = round(config.warmup_fraction * steps)
     return dataclasses.replace(config, steps=steps, warmup_steps=warmup)
 

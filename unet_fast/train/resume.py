@@ -8,6 +8,7 @@ the saved configuration, and the number of processes must be the same.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,18 +34,32 @@ def saved_config(run_dir) -> TrainConfig:
     return TrainConfig.from_dict(ckpt.read_state(found, required=("config",))["config"])
 
 
+def _derives_warmup(config: TrainConfig) -> bool:
+    """Whether the warm-up is ``warmup_fraction`` of the steps rather than a typed ``warmup_steps``."""
+    return config.warmup_steps == 0 and config.warmup_fraction > 0
+
+
 def check_resume_config(config: TrainConfig, saved: dict) -> None:
-    """ValueError naming every option that differs from the checkpoint's and would change the run."""
+    """ValueError naming every option that differs from the checkpoint's and would change the run
+    (a derived warm-up is the saved run's: ``with_saved_warmup``)."""
+    derived = {"warmup_steps"} if _derives_warmup(config) else set()
     conflicts = [
         f"{name}={getattr(config, name)!r} (the run used {saved[name]!r})"
         for name in saved
-        if name not in RESUMABLE_OPTIONS and hasattr(config, name) and getattr(config, name) != saved[name]
+        if name not in RESUMABLE_OPTIONS and name not in derived and hasattr(config, name)
+        and getattr(config, name) != saved[name]
     ]
     if conflicts:
         raise ValueError(
             "--resume continues the saved run, whose configuration differs in: " + ", ".join(conflicts)
             + f"; only {', '.join(RESUMABLE_OPTIONS)} may change (or start a new run with another --out)"
         )
+
+
+def with_saved_warmup(config: TrainConfig, saved: dict) -> TrainConfig:
+    """``config`` continuing the saved run: a warm-up derived from ``warmup_fraction`` is the one the
+    run was fitted (its saved ``warmup_steps``), so that the schedule it follows does not move."""
+    return dataclasses.replace(config, warmup_steps=saved["warmup_steps"]) if _derives_warmup(config) else config
 
 
 def checkpoint_to_resume(config: TrainConfig, run_dir: Path, world: int, device: torch.device):
