@@ -38,7 +38,7 @@ from typing import Optional
 import torch
 
 from unet_fast.ops._layout import output_memory_format
-from unet_fast.ops._numerics import dot_precision
+from unet_fast.ops._numerics import autocast_disabled, dot_precision
 from unet_fast.ops.conv1x1 import conv1x1_backward_impl, conv1x1_impl
 from unet_fast.ops.conv3x3_relu import composite_backward, composite_forward, fused_backward, fused_forward
 from unet_fast.ops.max_pool2x2 import max_pool2x2
@@ -53,7 +53,7 @@ def _empty(like: Tensor) -> Tensor:
 
 
 def _cast(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-    return None if t is None else t.to(dtype)
+    return t if t is None or t.dtype == dtype else t.to(dtype)
 
 
 def _custom_op(name: str, impl):
@@ -116,9 +116,9 @@ def _encoder_block_impl(
     """(y1, y2, p): y1 (N, C, H-2, W-2), y2 (N, C, H-4, W-4), p = max_pool2d(y2, 2) or an empty tensor."""
     x = _encoder_conv_input(source, pooled)
     dtype, layout = x.dtype, output_memory_format(backend, source)
-    with torch.autocast(x.device.type, enabled=False):
-        y1, _ = _conv_forward(x, None, w1.to(dtype), _cast(b1, dtype), False, backend, layout)
-        y2, p = _conv_forward(y1, None, w2.to(dtype), _cast(b2, dtype), emit_pool, backend, layout)
+    with autocast_disabled(x.device.type):
+        y1, _ = _conv_forward(x, None, _cast(w1, dtype), _cast(b1, dtype), False, backend, layout)
+        y2, p = _conv_forward(y1, None, _cast(w2, dtype), _cast(b2, dtype), emit_pool, backend, layout)
     return y1, y2, (p if emit_pool else _empty(y2))
 
 
@@ -149,8 +149,8 @@ def _encoder_block_backward_impl(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(grad of conv1's input (source, or the pooled tensor) or empty, grad_w1, grad_b1, grad_w2, grad_b2)."""
     dtype, layout = y2.dtype, output_memory_format(backend, source)
-    with torch.autocast(y2.device.type, enabled=False):
-        w1c, w2c = w1.to(dtype), w2.to(dtype)
+    with autocast_disabled(y2.device.type):
+        w1c, w2c = _cast(w1, dtype), _cast(w2, dtype)
         x = max_pool2x2(source).contiguous(memory_format=layout) if has_pooled_input else source
         if y1 is None:
             y1, _ = _conv_forward(x, None, w1c, _cast(b1, dtype), False, backend, layout)
@@ -212,7 +212,7 @@ torch.library.register_autograd("unet_fast::_encoder_block", _encoder_backward, 
 # --- decoder stage ----------------------------------------------------------------------------------
 
 def _upsample(x: Tensor, up_w: Tensor, up_b: Tensor | None, backend: str, layout: torch.memory_format) -> Tensor:
-    return upconv2x2_impl(x, up_w.to(x.dtype), _cast(up_b, x.dtype), backend).contiguous(memory_format=layout)
+    return upconv2x2_impl(x, _cast(up_w, x.dtype), _cast(up_b, x.dtype), backend).contiguous(memory_format=layout)
 
 
 def _decoder_block_impl(
@@ -221,10 +221,10 @@ def _decoder_block_impl(
 ) -> tuple[Tensor, Tensor]:
     """(y1, y2) of a decoder stage: x (N, 2C, H, W) -> y1 (N, C, 2H-2, 2W-2), y2 (N, C, 2H-4, 2W-4)."""
     layout = output_memory_format(backend, x)
-    with torch.autocast(x.device.type, enabled=False):
+    with autocast_disabled(x.device.type):
         u = _upsample(x, up_w, up_b, backend, layout)
-        y1, _ = _conv_forward(u, skip, w1.to(x.dtype), _cast(b1, x.dtype), False, backend, layout)
-        y2, _ = _conv_forward(y1, None, w2.to(x.dtype), _cast(b2, x.dtype), False, backend, layout)
+        y1, _ = _conv_forward(u, skip, _cast(w1, x.dtype), _cast(b1, x.dtype), False, backend, layout)
+        y2, _ = _conv_forward(y1, None, _cast(w2, x.dtype), _cast(b2, x.dtype), False, backend, layout)
     return y1, y2
 
 
@@ -247,16 +247,16 @@ def _decoder_block_backward_impl(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(grad_x, grad_skip or empty, grad_up_w, grad_up_b, grad_w1, grad_b1, grad_w2, grad_b2)."""
     dtype, layout = x.dtype, output_memory_format(backend, x)
-    with torch.autocast(x.device.type, enabled=False):
+    with autocast_disabled(x.device.type):
         u = _upsample(x, up_w, up_b, backend, layout)
         if y1 is None:
-            y1, _ = _conv_forward(u, skip, w1.to(dtype), _cast(b1, dtype), False, backend, layout)
-        grad_y1_conv, _, grad_w2, grad_b2 = _conv_backward(grad_y2, None, y1, None, w2.to(dtype), y2, True, backend)
+            y1, _ = _conv_forward(u, skip, _cast(w1, dtype), _cast(b1, dtype), False, backend, layout)
+        grad_y1_conv, _, grad_w2, grad_b2 = _conv_backward(grad_y2, None, y1, None, _cast(w2, dtype), y2, True, backend)
         if grad_y1 is not None:
             grad_y1_conv = grad_y1_conv + grad_y1
-        grad_u, grad_skip, grad_w1, grad_b1 = _conv_backward(grad_y1_conv, None, u, skip, w1.to(dtype), y1, True,
+        grad_u, grad_skip, grad_w1, grad_b1 = _conv_backward(grad_y1_conv, None, u, skip, _cast(w1, dtype), y1, True,
                                                              backend)
-        grad_x, grad_up_w, grad_up_b = upconv2x2_backward_impl(grad_u, x, up_w.to(dtype), backend)
+        grad_x, grad_up_w, grad_up_b = upconv2x2_backward_impl(grad_u, x, _cast(up_w, dtype), backend)
     return (_grad_or_empty(grad_x, x, layout), _grad_or_empty(grad_skip, x, layout), _grad_or_empty(grad_up_w, up_w),
             _bias_grad(grad_up_b, up_b, up_w), _grad_or_empty(grad_w1, w1), _bias_grad(grad_b1, b1, w1),
             _grad_or_empty(grad_w2, w2), _bias_grad(grad_b2, b2, w2))
@@ -306,8 +306,8 @@ torch.library.register_autograd("unet_fast::_decoder_block", _decoder_backward, 
 
 def _head_impl(x: Tensor, weight: Tensor, bias: Optional[Tensor], backend: str) -> Tensor:
     """conv1x1(x, weight, bias) with the weight cast to x's dtype inside (so no cast is saved)."""
-    with torch.autocast(x.device.type, enabled=False):
-        return conv1x1_impl(x, weight.to(x.dtype), _cast(bias, x.dtype), backend)
+    with autocast_disabled(x.device.type):
+        return conv1x1_impl(x, _cast(weight, x.dtype), _cast(bias, x.dtype), backend)
 
 
 head = _custom_op("_head", _head_impl)
@@ -321,8 +321,8 @@ def _head_fake(x, weight, bias, backend):
 
 def _head_backward_impl(grad_y: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor],
                         backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    with torch.autocast(x.device.type, enabled=False):
-        grad_x, grad_w, grad_b = conv1x1_backward_impl(grad_y.to(x.dtype), x, weight.to(x.dtype), backend)
+    with autocast_disabled(x.device.type):
+        grad_x, grad_w, grad_b = conv1x1_backward_impl(_cast(grad_y, x.dtype), x, _cast(weight, x.dtype), backend)
     return grad_x, _grad_or_empty(grad_w, weight), _bias_grad(grad_b, bias, weight)
 
 
