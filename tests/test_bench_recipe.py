@@ -1,5 +1,7 @@
 """The recipe benchmark's protocol: folds of slices 00-19 that never touch 20-29, the linked fold
 folders, held-out scoring against a direct count, and its argument errors."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -69,3 +71,28 @@ def test_score_of_a_run_on_linked_held_out_slices(tmp_path):
     assert 0 <= scores["pixel_error"] <= 1 and 0 <= scores["rand_error"] <= 1
     summary = recipe.summarise([dict(scores, wall_s=1.0), dict(scores, pixel_error=scores["pixel_error"] + 0.1, wall_s=3.0)])
     assert summary["pixel_error"]["std"] == pytest.approx(0.05) and summary["wall_s"]["mean"] == 2.0
+
+
+def test_a_run_stopped_after_a_fold_keeps_its_json(tmp_path, monkeypatch, capsys):
+    """The JSON is written after every fold: a failing second fold leaves the first one's row, marked
+    incomplete, and a message (exit 1) instead of a traceback."""
+    data = tmp_path / "d"
+    (data / "images").mkdir(parents=True)
+    scores = dict(pixel_error=0.1, rand_error=0.2, baseline_pixel_error=0.2, baseline_rand_error=0.9, wall_s=5.0)
+
+    def fake_fold(name, train_names, test_names, args):
+        if name == "fold1":
+            raise RuntimeError("fold fold1: training failed (1)")
+        return dict(fold=name, train_slices=train_names, test_slices=test_names, **scores)
+
+    monkeypatch.setattr(recipe, "run_fold", fake_fold)
+    out = tmp_path / "cv.json"
+    argv = ["--data", str(data), "--time-budget", "1m", "--only", "0,1", "--json", str(out)]
+    assert recipe.main(argv) == 1
+    assert "fold1: training failed" in capsys.readouterr().err
+    result = json.loads(out.read_text())
+    assert result["complete"] is False and [row["fold"] for row in result["folds_run"]] == ["fold0"]
+    assert result["summary"]["pixel_error"]["mean"] == pytest.approx(0.1)
+    monkeypatch.setattr(recipe, "run_fold", lambda name, *rest: dict(fake_fold("fold0", *rest), fold=name))
+    assert recipe.main(argv[:-1] + [str(tmp_path / "all.json")]) == 0
+    assert json.loads((tmp_path / "all.json").read_text())["complete"] is True

@@ -165,17 +165,30 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"bench_recipe.py: error: {error}", file=sys.stderr)
         return 2
-    rows = [run_fold(name, train_names, test_names, args) for name, train_names, test_names in plan]
+    rows = []
+    for name, train_names, test_names in plan:
+        try:
+            rows.append(run_fold(name, train_names, test_names, args))
+        except (RuntimeError, ValueError) as error:
+            print(f"bench_recipe.py: error: {error}", file=sys.stderr)
+            return 1
+        finally:  # after every fold, so that a long run stopped part-way keeps what it measured
+            write_result(args, rows, complete=len(rows) == len(plan))
+    return 0
+
+
+def write_result(args, rows: list[dict], complete: bool) -> None:
+    """The JSON of the folds run so far (``complete``: all planned folds), when --json is given."""
+    if not args.json or not rows:
+        return
     result = dict(benchmark="recipe", mode=args.mode, folds=args.folds if args.mode == "cv" else None,
                   time_budget=args.time_budget, train_options=args.train_options, note=args.note,
                   protocol=__doc__.split("\n\n")[1].strip(), environment=describe(torch.device(args.device)),
-                  cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), folds_run=rows,
-                  summary=summarise(rows))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
-        print(f"wrote {args.json}")
-    return 0
+                  cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), complete=complete,
+                  folds_run=rows, summary=summarise(rows))
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.json} ({len(rows)} fold(s){'' if complete else ', incomplete'})", flush=True)
 
 
 if __name__ == "__main__":
