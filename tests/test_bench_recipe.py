@@ -71,6 +71,13 @@ def test_score_of_a_run_on_linked_held_out_slices(tmp_path):
     assert 0 <= scores["pixel_error"] <= 1 and 0 <= scores["rand_error"] <= 1
     summary = recipe.summarise([dict(scores, wall_s=1.0), dict(scores, pixel_error=scores["pixel_error"] + 0.1, wall_s=3.0)])
     assert summary["pixel_error"]["std"] == pytest.approx(0.05) and summary["wall_s"]["mean"] == 2.0
+    assert "pixel_error_tta" not in scores and "pixel_error_tta" not in summary
+
+    with_tta = recipe.score(run, test_dir, torch.device("cpu"), tta=True)
+    assert {key: with_tta[key] for key in scores} == scores  # the plain scores do not change
+    assert 0 <= with_tta["pixel_error_tta"] <= 1 and 0 <= with_tta["rand_error_tta"] <= 1
+    assert "pixel_error_tta" in recipe.summarise([dict(with_tta, wall_s=1.0)])
+    assert "pixel_error_tta" not in recipe.summarise([dict(with_tta, wall_s=1.0), dict(scores, wall_s=1.0)])
 
 
 def test_a_run_stopped_after_a_fold_keeps_its_json(tmp_path, monkeypatch, capsys):

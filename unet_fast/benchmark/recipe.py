@@ -13,9 +13,10 @@ Each fold runs ``unet-fast train --time-budget B [recipe options]`` as a subproc
 time is the whole command (interpreter start to exit). The run's checkpoint that ``unet-fast
 predict`` would use (``best``, else the latest) then segments the held-out slices by overlap-tile
 prediction; pixel error and adapted Rand error (``unet_fast.metrics``) are averaged over those
-slices, next to the baseline that predicts "cell" everywhere. The JSON holds per fold the held-out
-slices, both errors, the wall time, the fitted and the run step counts, and the machine's load
-average before and after (a loaded machine trains fewer steps in the same budget).
+slices, next to the baseline that predicts "cell" everywhere (``--tta``: also of the predictions
+averaged over the 8 flips and rotations). The JSON holds per fold the held-out slices, the errors,
+the wall time, the fitted and the run step counts, and the machine's load average before and after
+(a loaded machine trains fewer steps in the same budget).
 """
 from __future__ import annotations
 
@@ -59,8 +60,9 @@ def linked_folder(source: Path, names: list[str], target: Path) -> Path:
     return target
 
 
-def score(run_dir: Path, test_dir: Path, device: torch.device) -> dict:
-    """Held-out pixel / adapted Rand error of the run's predicting checkpoint and of all-"cell"."""
+def score(run_dir: Path, test_dir: Path, device: torch.device, tta: bool = False) -> dict:
+    """Held-out pixel / adapted Rand error of the run's predicting checkpoint and of all-"cell"; with
+    ``tta`` also of the predictions averaged over the 8 flips and rotations (keys ending in _tta)."""
     from unet_fast.data import ImageFolderDataset
     from unet_fast.inference import predict_tiled
     from unet_fast.metrics import pixel_error, rand_error
@@ -69,13 +71,18 @@ def score(run_dir: Path, test_dir: Path, device: torch.device) -> dict:
     directory, kind = choose_checkpoint(run_dir)
     model = load_model(directory, device)
     test = ImageFolderDataset(test_dir, num_classes=2)
-    totals = dict.fromkeys(("pixel_error", "rand_error", "baseline_pixel_error", "baseline_rand_error"), 0.0)
+    totals = {}
+
+    def add(labels: torch.Tensor, truth: torch.Tensor, prefix: str = "", suffix: str = "") -> None:
+        for metric, function in (("pixel_error", pixel_error), ("rand_error", rand_error)):
+            key = f"{prefix}{metric}{suffix}"
+            totals[key] = totals.get(key, 0.0) + function(labels, truth) / len(test.labels)
+
     for image, truth in zip(test.images, test.labels):
-        _, labels = predict_tiled(model, image.float().to(device))
-        cell = torch.full_like(truth, CELL)
-        for key, value in (("pixel_error", pixel_error(labels.cpu(), truth)), ("rand_error", rand_error(labels.cpu(), truth)),
-                           ("baseline_pixel_error", pixel_error(cell, truth)), ("baseline_rand_error", rand_error(cell, truth))):
-            totals[key] += value / len(test.labels)
+        add(torch.full_like(truth, CELL), truth, prefix="baseline_")
+        add(predict_tiled(model, image.float().to(device))[1].cpu(), truth)
+        if tta:
+            add(predict_tiled(model, image.float().to(device), tta=True)[1].cpu(), truth, suffix="_tta")
     return dict(totals, checkpoint=kind, checkpoint_step=ckpt.read_state(directory)["step"])
 
 
@@ -97,20 +104,23 @@ def run_fold(name: str, train_names: list[str], test_names: list[str], args) -> 
         raise RuntimeError(f"fold {name}: training failed ({result.returncode}):\n{result.stderr[-3000:]}")
     plan = json.loads((run_dir / "config.json").read_text())
     steps_run = ckpt.read_state(ckpt.find_checkpoint(run_dir))["step"]
-    scores = score(run_dir, test_dir, torch.device(args.device))
+    scores = score(run_dir, test_dir, torch.device(args.device), tta=args.tta)
     row = dict(fold=name, train_slices=train_names, test_slices=test_names, wall_s=wall_s,
                budget_s=plan["time_budget"], steps_planned=plan["steps"], steps_run=steps_run,
                load_average_before=load_before[0], load_average_after=os.getloadavg()[0], **scores)
     print(f"{name}: held-out pixel error {row['pixel_error']:.4f} (all-cell {row['baseline_pixel_error']:.4f}), "
-          f"adapted Rand error {row['rand_error']:.4f} (all-cell {row['baseline_rand_error']:.4f}), "
-          f"{steps_run} steps, {wall_s:.0f} s for a {plan['time_budget']:.0f} s budget", flush=True)
+          f"adapted Rand error {row['rand_error']:.4f} (all-cell {row['baseline_rand_error']:.4f})"
+          + (f"; with TTA {row['pixel_error_tta']:.4f} / {row['rand_error_tta']:.4f}" if args.tta else "")
+          + f", {steps_run} steps, {wall_s:.0f} s for a {plan['time_budget']:.0f} s budget", flush=True)
     return row
 
 
 def summarise(rows: list[dict]) -> dict:
     """Mean and spread (population standard deviation, min, max) of each error over the folds."""
     summary = {}
-    for key in ("pixel_error", "rand_error", "baseline_pixel_error", "baseline_rand_error", "wall_s"):
+    keys = ["pixel_error", "rand_error", "baseline_pixel_error", "baseline_rand_error", "wall_s"]
+    keys += [key for key in ("pixel_error_tta", "rand_error_tta") if all(key in row for row in rows)]
+    for key in keys:
         values = torch.tensor([row[key] for row in rows], dtype=torch.float64)
         summary[key] = dict(mean=values.mean().item(), std=values.std(unbiased=False).item(),
                             min=values.min().item(), max=values.max().item())
@@ -129,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--only", default=None, help="comma-separated fold indices to run (cv), e.g. 0,1")
     parser.add_argument("--work", default="runs/recipe", help="where fold folders and run directories go")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--tta", action="store_true",
+                        help="also score predictions averaged over the 8 flips and rotations (predict --tta)")
     parser.add_argument("--note", default="", help="free text stored in the JSON (e.g. the machine's load)")
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("train_options", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
@@ -182,7 +194,7 @@ def write_result(args, rows: list[dict], complete: bool) -> None:
     if not args.json or not rows:
         return
     result = dict(benchmark="recipe", mode=args.mode, folds=args.folds if args.mode == "cv" else None,
-                  time_budget=args.time_budget, train_options=args.train_options, note=args.note,
+                  time_budget=args.time_budget, tta=args.tta, train_options=args.train_options, note=args.note,
                   protocol=__doc__.split("\n\n")[1].strip(), environment=describe(torch.device(args.device)),
                   cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), complete=complete,
                   folds_run=rows, summary=summarise(rows))
