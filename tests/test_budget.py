@@ -109,6 +109,31 @@ def test_deadline_fits_the_remaining_budget_and_guards_the_end():
         late.fit(costs, val_interval=10, checkpoint_interval=10)
 
 
+def test_refits_happen_while_the_learning_rate_does_not_depend_on_the_step_count():
+    after = budget.REFIT_AFTER
+    # a warm-up of 100 steps: after REFIT_AFTER steps of this command and before the last warm-up step
+    assert [step for step in range(200) if budget.refit_due(step, 0, 100, False)] == [after, 99]
+    assert [step for step in range(200) if budget.refit_due(step, 30, 100, False)] == [30 + after, 99]
+    assert not any(budget.refit_due(step, 0, 0, False) for step in range(200))  # cosine from step 0
+    assert not any(budget.refit_due(step, 0, after, False) for step in range(200))  # warm-up over too soon
+    assert [step for step in range(200) if budget.refit_due(step, 5, 0, True)] == [5 + after]  # constant
+
+
+def test_refit_uses_the_median_of_the_recorded_steps():
+    clock = FakeClock()
+    deadline = Deadline(100.0, start=clock(), clock=clock)
+    clock.now += 10.0
+    costs = Costs(step_s=4.0, validation_s=0.0, save_s=0.0, finish_s=1.0)
+    assert deadline.fit(costs, val_interval=10, checkpoint_interval=10) == 21  # (100 - 10 - 5 - 1) / 4
+    for seconds in [3.0] + [1.0] * 9:  # a slow first step, then 1 s each
+        deadline.record_step(seconds)
+    clock.now += 12.0
+    # 20 steps done; (100 - 22 - 5 - 1) / 1 = 72 more
+    assert deadline.refit(20, val_interval=10, checkpoint_interval=10) == 92 and costs.step_s == 1.0
+    clock.now = 100.0 + 99.0  # nothing left: one more step, which the guard then judges
+    assert deadline.refit(50, val_interval=10, checkpoint_interval=10) == 51
+
+
 def test_budget_must_be_positive_seconds(tmp_path):
     with pytest.raises(ValueError, match="time_budget"):
         train(TrainConfig(out=str(tmp_path / "r"), time_budget=0, **TINY))
@@ -140,7 +165,8 @@ def test_budgeted_run_trains_exactly_like_the_fitted_step_count(tmp_path, warm):
     assert time.perf_counter() - began <= budget_s + SLACK_S
     plan = json.loads((tmp_path / "budget" / "config.json").read_text())
     steps = fitted["steps"]
-    assert 1 <= steps <= plan["steps"] and plan["warmup_steps"] == round(0.2 * plan["steps"]) > 0
+    # the warm-up is 20 % of the first fit, which the refits (constant schedule) may have changed
+    assert 1 <= steps <= plan["steps"] and plan["warmup_steps"] > 0
     plain = train(TrainConfig(out=str(tmp_path / "plain"), steps=steps, warmup_steps=plan["warmup_steps"], **options))
     a, b = weights(tmp_path / "budget", steps), weights(tmp_path / "plain", steps)
     for key in a:
@@ -149,9 +175,51 @@ def test_budgeted_run_trains_exactly_like_the_fitted_step_count(tmp_path, warm):
     assert not list((tmp_path / "budget").glob(".budget-probe*"))  # the probe's scratch is gone
 
 
+def test_a_slow_probe_is_refitted_and_the_run_trains_like_its_final_step_count(tmp_path, monkeypatch, warm):
+    """Probe steps made slow (as on a machine still busy when the run starts) plan too few steps;
+    the refits during the warm-up plan with this run's own step times, and the run (cosine decay)
+    still equals ``--steps N`` with its final N and the first fit's warm-up."""
+    from unet_fast.train import loop
+
+    real_step, calls, refits = loop._optimizer_step, [], []
+    real_refit = budget.Deadline.refit
+
+    def slow_probe_step(*args):
+        calls.append(1)
+        if len(calls) <= budget.PROBE_STEPS:
+            time.sleep(0.25)
+        return real_step(*args)
+
+    def recorded_refit(self, steps_done, *args):
+        refits.append((steps_done, real_refit(self, steps_done, *args)))
+        return refits[-1][1]
+
+    monkeypatch.setattr(loop, "_optimizer_step", slow_probe_step)
+    monkeypatch.setattr(budget.Deadline, "refit", recorded_refit)
+    budget_s = 12.0
+    options = dict(TINY, val_interval=50, log_interval=50)
+    began = time.perf_counter()
+    fitted = train(TrainConfig(out=str(tmp_path / "budget"), time_budget=budget_s, warmup_fraction=0.6, **options),
+                   started=began)
+    assert time.perf_counter() - began <= budget_s + SLACK_S
+    plan = json.loads((tmp_path / "budget" / "config.json").read_text())
+    probe_plan = round(plan["warmup_steps"] / 0.6)  # the warm-up is the first fit's
+    assert [done for done, _ in refits] == [budget.REFIT_AFTER, plan["warmup_steps"] - 1]
+    assert refits[0][1] > probe_plan and plan["steps"] == refits[-1][1]
+    monkeypatch.setattr(loop, "_optimizer_step", real_step)
+    steps = fitted["steps"]  # the plan, or fewer where the guard stopped a loaded machine's run
+    plain = train(TrainConfig(out=str(tmp_path / "plain"), steps=plan["steps"], warmup_steps=plan["warmup_steps"],
+                              **options))
+    if steps == plan["steps"]:
+        a, b = weights(tmp_path / "budget", steps), weights(tmp_path / "plain", steps)
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
+        assert fitted["loss"] == plain["loss"]
+
+
 def test_guard_stops_a_slowed_down_run_in_time(tmp_path, monkeypatch, warm):
     """Steps that become 10x slower after the fit: the run stops early, still validated and saved,
-    within the budget (the final events' margin)."""
+    within the budget (the final events' margin). Without a warm-up, so that no refit replans it."""
     from unet_fast.train import loop
 
     real_step, calls = loop._optimizer_step, []
@@ -166,7 +234,8 @@ def test_guard_stops_a_slowed_down_run_in_time(tmp_path, monkeypatch, warm):
 
     monkeypatch.setattr(loop, "_optimizer_step", slowing_step)
     began, budget_s = time.perf_counter(), 8.0
-    summary = train(TrainConfig(out=str(tmp_path / "run"), time_budget=budget_s, **TINY), started=began)
+    summary = train(TrainConfig(out=str(tmp_path / "run"), time_budget=budget_s, warmup_fraction=0.0, **TINY),
+                    started=began)
     elapsed = time.perf_counter() - began
     planned = json.loads((tmp_path / "run" / "config.json").read_text())["steps"]
     assert summary["steps"] < planned

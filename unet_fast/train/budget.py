@@ -16,7 +16,13 @@ validations and checkpoints, the final validation, save and run log. The rule:
    validation, save and plot. The learning-rate schedule's decay (cosine / poly) ends at N, and with
    ``warmup_fraction`` f > 0 the warm-up is ``round(f * N)`` steps. Under DDP rank 0 fits and
    broadcasts N, so every rank runs the same steps.
-3. Guard: if the machine slows down, the run stops early: before each step, when the clock plus
+3. Refit: a probe of a few steps misjudges a run whose first seconds are slower (or faster) than
+   the rest, e.g. while another job ends. So the plan is fitted again, by the same rule with the
+   median of this run's own step times, after ``REFIT_AFTER`` steps and at the last warm-up step;
+   only while the learning rate does not depend on N yet (during the warm-up, or with the constant
+   schedule), so that the run still trains exactly like ``--steps N`` with the final N and the first
+   fit's warm-up. A cosine or poly run without warm-up keeps the probe's plan.
+4. Guard: if the machine slows down, the run stops early: before each step, when the clock plus
    one step, a validation, a save (the largest seen so far) and the plot passes the budget's end,
    that step is the last one, with the final validation and save (``config.json`` keeps the
    plan; the checkpoints record the steps run).
@@ -30,11 +36,13 @@ from __future__ import annotations
 import math
 import os
 import re
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Callable
 
 PROBE_STEPS = 5  # the first is untimed
+REFIT_AFTER = 20  # steps of a command timed before its first refit
 SAFETY = 0.05  # fraction of the budget kept back for timing noise
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([hms])")
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0}
@@ -104,6 +112,15 @@ def measure_step_s(run_step: Callable[[], None], clock: Callable[[], float] = ti
     return (clock() - begin) / (steps - 1)
 
 
+def refit_due(step: int, start: int, warmup_steps: int, constant_schedule: bool) -> bool:
+    """Whether the plan is refitted before step ``step`` (0-based) of a command that began at
+    ``start``: after ``REFIT_AFTER`` of its steps and before the last warm-up step, while the
+    learning rate does not depend on the step count."""
+    if step - start < REFIT_AFTER or not (constant_schedule or step < warmup_steps):
+        return False
+    return step == start + REFIT_AFTER or step == warmup_steps - 1
+
+
 def timed(action: Callable[[], object], clock: Callable[[], float] = time.perf_counter) -> float:
     """Seconds ``action()`` takes."""
     begin = clock()
@@ -118,6 +135,7 @@ class Deadline:
     def __init__(self, budget_s: float, start: float, clock: Callable[[], float] = time.perf_counter):
         self.budget_s, self.end, self.clock = budget_s, start + budget_s, clock
         self.costs: Costs | None = None
+        self.step_durations: list[float] = []
 
     def remaining_s(self) -> float:
         return self.end - self.clock()
@@ -136,6 +154,17 @@ class Deadline:
                 f"{max(self.remaining_s(), 0):.0f} s left after loading and timing; give at least {math.ceil(needed)} s"
             )
         return steps
+
+    def record_step(self, seconds: float) -> None:
+        """A training step's duration, for ``refit``."""
+        self.step_durations.append(seconds)
+
+    def refit(self, steps_done: int, val_interval: int, checkpoint_interval: int) -> int:
+        """``steps_done`` plus the steps that fit in what is left (less the ``SAFETY`` reserve) at the
+        median of the recorded step times (at least one more step: the guard has the last word)."""
+        self.costs.step_s = statistics.median(self.step_durations)
+        available = self.remaining_s() - SAFETY * self.budget_s
+        return steps_done + max(1, fit_steps(available, self.costs, val_interval, checkpoint_interval))
 
     def observe(self, *, validation_s: float | None = None, save_s: float | None = None) -> None:
         """Record a validation's or a save's duration; the guard plans with the largest seen."""

@@ -3,6 +3,7 @@ tiles, and at their intervals a log row, validation and a checkpoint."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import tempfile
@@ -59,8 +60,7 @@ def train(config: TrainConfig, started: float | None = None) -> dict:
         config = _fit_to_budget(config, state, lambda: _optimizer_step(state, forward, loss_fn, autocast_dtype, world),
                                 val_set, run_dir, device, rank, world, deadline, start)
         model.train()
-    if rank == 0:
-        (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+    _write_plan(config, run_dir, rank)
     log = RunLog(run_dir, start if checkpoint is not None else None)
     best_error = best_validation_error(run_dir) if checkpoint is not None else math.inf
 
@@ -70,15 +70,29 @@ def train(config: TrainConfig, started: float | None = None) -> dict:
     begin = (started if deadline is not None else time.perf_counter()) - elapsed_before
     window = Window()
     loss_value, last_val = float("nan"), {}
-    for step in range(start, config.steps):
+    for step in itertools.count(start):  # not range(config.steps): a refit may change the count
+        if step >= config.steps:
+            break
         done = step + 1
+        if deadline is not None and budget.refit_due(step, start, config.warmup_steps, config.lr_schedule == "constant"):
+            steps = distributed.broadcast(
+                deadline.refit(step, config.val_interval, config.checkpoint_interval) if rank == 0 else None, world)
+            if steps != config.steps:
+                progress.message(f"time budget: {steps} steps fit at {deadline.costs.step_s:.3f} s a step, "
+                                 f"the median so far (planned {config.steps})")
+                config = dataclasses.replace(config, steps=steps)
+                progress.set_total(steps)
+                _write_plan(config, run_dir, rank)
         if deadline is not None and done < config.steps and distributed.broadcast(
                 not deadline.next_step_fits() if rank == 0 else None, world):
             progress.message(f"time budget: step {done} is the last that fits (planned {config.steps})")
             config = dataclasses.replace(config, steps=done)
         lr = learning_rate(config, step)
         set_learning_rate(state.optimizer, lr)
+        step_began = time.perf_counter()
         loss_value, tiles, problem = _optimizer_step(state, forward, loss_fn, autocast_dtype, world)
+        if deadline is not None:
+            deadline.record_step(time.perf_counter() - step_began)
         unrecoverable = None if problem else nonfinite.nonfinite_weight(state.model)
         if unrecoverable or (problem and config.on_nonfinite == "stop"):
             progress.close()
@@ -133,6 +147,11 @@ def train(config: TrainConfig, started: float | None = None) -> dict:
     return dict(run_dir=str(run_dir), steps=config.steps, loss=loss_value, validation=last_val, best=best,
                 seconds=time.perf_counter() - begin, rank=rank, world_size=world,
                 skipped_steps=state.skipped_steps)
+
+
+def _write_plan(config: TrainConfig, run_dir: Path, rank: int) -> None:
+    if rank == 0:
+        (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
 
 
 def _fit_to_budget(config: TrainConfig, state: TrainingState, run_step, val_set, run_dir: Path,

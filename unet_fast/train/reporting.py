@@ -44,6 +44,11 @@ class Progress:
             self._write(self._format_meter(step, self.total, elapsed, bar_format=self.LINE_FORMAT,
                                            postfix=postfix, initial=self.start))
 
+    def set_total(self, total: int) -> None:
+        """A new step count (a budgeted run's refit)."""
+        self.total = self.bar.total = total
+        self.bar.refresh()
+
     def message(self, text: str) -> None:
         """A line of text above the bar."""
         if self.interactive:
