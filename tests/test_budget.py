@@ -206,15 +206,15 @@ def test_a_slow_probe_is_refitted_and_the_run_trains_like_its_final_step_count(t
     probe_plan = round(plan["warmup_steps"] / 0.6)  # the warm-up is the first fit's
     assert [done for done, _ in refits] == [budget.REFIT_AFTER, plan["warmup_steps"] - 1]
     assert refits[0][1] > probe_plan and plan["steps"] == refits[-1][1]
+    steps = plan["steps"]
+    if fitted["steps"] < steps:  # the guard's last step decays to the shortened N: no plain twin
+        pytest.skip(f"the guard stopped the run at step {fitted['steps']} of {steps} on a loaded machine")
     monkeypatch.setattr(loop, "_optimizer_step", real_step)
-    steps = fitted["steps"]  # the plan, or fewer where the guard stopped a loaded machine's run
-    plain = train(TrainConfig(out=str(tmp_path / "plain"), steps=plan["steps"], warmup_steps=plan["warmup_steps"],
-                              **options))
-    if steps == plan["steps"]:
-        a, b = weights(tmp_path / "budget", steps), weights(tmp_path / "plain", steps)
-        for key in a:
-            assert torch.equal(a[key], b[key]), key
-        assert fitted["loss"] == plain["loss"]
+    plain = train(TrainConfig(out=str(tmp_path / "plain"), steps=steps, warmup_steps=plan["warmup_steps"], **options))
+    a, b = weights(tmp_path / "budget", steps), weights(tmp_path / "plain", steps)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert fitted["loss"] == plain["loss"]
 
 
 def test_guard_stops_a_slowed_down_run_in_time(tmp_path, monkeypatch, warm):

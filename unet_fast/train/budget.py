@@ -161,7 +161,8 @@ class Deadline:
 
     def refit(self, steps_done: int, val_interval: int, checkpoint_interval: int) -> int:
         """``steps_done`` plus the steps that fit in what is left (less the ``SAFETY`` reserve) at the
-        median of the recorded step times (at least one more step: the guard has the last word)."""
+        median of the recorded step times, which the guard then plans with too (at least one more
+        step: the guard has the last word)."""
         self.costs.step_s = statistics.median(self.step_durations)
         available = self.remaining_s() - SAFETY * self.budget_s
         return steps_done + max(1, fit_steps(available, self.costs, val_interval, checkpoint_interval))

@@ -70,7 +70,7 @@ def train(config: TrainConfig, started: float | None = None) -> dict:
     begin = (started if deadline is not None else time.perf_counter()) - elapsed_before
     window = Window()
     loss_value, last_val = float("nan"), {}
-    for step in itertools.count(start):  # not range(config.steps): a refit may change the count
+    for step in itertools.count(start):  # not range(config.steps): a refit or the guard changes the count
         if step >= config.steps:
             break
         done = step + 1
@@ -134,8 +134,6 @@ def train(config: TrainConfig, started: float | None = None) -> dict:
             state.save(run_dir, config, done, time.perf_counter() - begin, rank, world)
             if deadline is not None:
                 deadline.observe(save_s=time.perf_counter() - save_began)
-        if done == config.steps:
-            break  # the guard made this step the last
     progress.close()
     if rank == 0:
         log.write()
